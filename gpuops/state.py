@@ -1,0 +1,106 @@
+"""State records: what gpuops needs to find a server again safely, one JSON file per server.
+
+    >>> rec = load(RunDir("do_not_commit"), "server")
+    >>> rec.pid, rec.url, rec.log_path
+    (41234, 'http://127.0.0.1:8000', 'do_not_commit/server_logs/server-20261122-101500.log')
+
+A PID alone is not an identity (PIDs are reused), so a record keeps the process start time too;
+`procs.matches(record)` is the check before any signal is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from gpuops.config import RunDir
+from gpuops.errors import ServerNotRunning
+
+TAG_VAR = "GPUOPS_SERVER"  # set in the server's environment; children inherit it
+
+
+@dataclass
+class StateRecord:
+    name: str  # recipe name, e.g. "server"
+    pid: int
+    create_time: float  # psutil create_time of pid: guards against PID reuse
+    pgid: int  # the session/process group the server leads
+    tag: str  # value of GPUOPS_SERVER in the server's environment
+    host: str
+    port: int | None
+    url: str | None
+    log_path: str
+    command: str  # as shown to the user (secrets masked)
+    cwd: str
+    engine: str  # engines.Engine.name
+    started_at: float = field(default_factory=time.time)
+    ready_at: float | None = None
+    health_path: str | None = None
+    gpus: list[int] = field(default_factory=list)
+
+    @property
+    def uptime(self) -> float:
+        return max(0.0, time.time() - self.started_at)
+
+
+def _path(run_dir: RunDir, name: str) -> Path:
+    return run_dir.state / f"{name}.json"
+
+
+def save(run_dir: RunDir, record: StateRecord) -> Path:
+    """Write atomically: readers never see half a record."""
+    path = _path(run_dir, record.name)
+    run_dir.ensure(path.parent)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(record), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def load(run_dir: RunDir, name: str) -> StateRecord | None:
+    path = _path(run_dir, name)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, OSError):
+        return None
+    known = StateRecord.__dataclass_fields__
+    return StateRecord(**{k: v for k, v in data.items() if k in known})
+
+
+def all_records(run_dir: RunDir) -> list[StateRecord]:
+    if not run_dir.state.is_dir():
+        return []
+    names = sorted(p.stem for p in run_dir.state.glob("*.json"))
+    return [r for r in (load(run_dir, n) for n in names) if r is not None]
+
+
+def remove(run_dir: RunDir, name: str) -> None:
+    _path(run_dir, name).unlink(missing_ok=True)
+
+
+def lock(run_dir: RunDir, name: str, timeout: float = -1) -> FileLock:
+    """Serialise start/stop of one server across processes: `with lock(rd, "server"): ...`."""
+    run_dir.ensure(run_dir.state)
+    return FileLock(str(run_dir.state / f"{name}.lock"), timeout=timeout)
+
+
+def find_running(run_dir: RunDir, name: str | None = None) -> StateRecord:
+    """The record of a live server (by name, else the newest live one), or ServerNotRunning."""
+    from gpuops import procs  # psutil-backed identity check
+
+    records = [r for r in all_records(run_dir) if name is None or r.name == name]
+    live = [r for r in records if procs.matches(r.pid, r.create_time)]
+    if live:
+        return max(live, key=lambda r: r.started_at)
+    which = f"server '{name}'" if name else "server"
+    raise ServerNotRunning(
+        f"no running {which} found in {run_dir.state}",
+        hint="start one with `inv start-server`, or pass --url http://HOST:PORT",
+    )

@@ -1,0 +1,321 @@
+"""start-server / stop-server / status / logs against the real demo server, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+
+from conftest import wait_for
+
+START = ("start-server", "--no-follow", "--no-smoke")
+
+
+def tagged_pids(tag: str) -> set[int]:
+    found = set()
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get("GPUOPS_SERVER") == tag and p.status() != psutil.STATUS_ZOMBIE:
+                found.add(p.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def test_start_reports_ready_with_pid_url_and_log(project, port):
+    project.demo_agents(port)
+    r = project.gpuops(*START)
+    assert r.code == 0, r.text
+    rec = project.record()
+    assert "'server' is ready" in r.out
+    assert f"pid        {rec['pid']}" in r.out
+    assert f"http://127.0.0.1:{port}" in r.out
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    # the recorded pid is the server itself (python -m gpuops.demo), not a shell or tail
+    assert "gpuops.demo" in " ".join(psutil.Process(rec["pid"]).cmdline())
+    assert os.path.basename(rec["log_path"]).startswith("server-")
+    # the log streamed to the terminal while starting, and the header is in the file
+    assert "Uvicorn running on" in r.out
+    log = open(project.root / rec["log_path"]).read()
+    assert log.startswith("# gpuops server 'server' started")
+    assert "export GPUOPS_DEMO_LOAD_SECONDS=" in log
+
+
+def test_server_outlives_gpuops_and_sits_in_its_own_session(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    pid = project.record()["pid"]
+    assert psutil.pid_exists(pid)
+    assert os.getsid(pid) == pid  # its own session: a closed terminal's SIGHUP does not reach it
+    assert os.getsid(pid) != os.getsid(0)
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+
+
+def test_ctrl_c_while_following_stops_following_not_the_server(project, port):
+    project.demo_agents(port)
+    proc = project.spawn("start-server", "--no-smoke")  # follows the log after ready
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "following" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "still running" in out
+    pid = project.record()["pid"]
+    assert psutil.pid_exists(pid)
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+
+
+def test_crash_during_loading_is_classified_with_root_cause(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_FAULT=crash_oom")
+    r = project.gpuops(*START)
+    assert r.code == 3, r.text
+    assert "exited during start-up (exit code 1)" in r.err
+    assert "CUDA out of memory" in r.err
+    assert "root cause: torch.OutOfMemoryError: CUDA out of memory" in r.err
+    assert "inv gpus" in r.err  # the hint says what to do
+    assert "Traceback (most recent call last)" not in r.err.split("last log lines:")[0]
+
+
+def test_hang_is_detected_and_the_hung_server_is_stopped(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_FAULT=hang")
+    r = project.gpuops(*START, "--hang-timeout", "1.5")
+    assert r.code == 3, r.text
+    assert "looks hung" in r.err
+    tag = project.record()["tag"]
+    assert tagged_pids(tag) == set()
+
+
+def test_keep_on_failure_leaves_a_hung_server_running(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_FAULT=hang")
+    r = project.gpuops(*START, "--hang-timeout", "1", "--keep-on-failure")
+    assert r.code == 3
+    assert "still running" in r.err
+    assert psutil.pid_exists(project.record()["pid"])
+
+
+def test_start_times_out_with_overall_limit(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_LOAD_SECONDS=30")
+    r = project.gpuops(*START, "--start-timeout", "1.5")
+    assert r.code == 3, r.text
+    assert "not ready within the start-up limit" in r.err
+
+
+def test_second_start_reuses_the_running_server(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    first = project.record()
+    r = project.gpuops(*START)
+    assert r.code == 0, r.text
+    assert "already running" in r.out and str(first["pid"]) in r.out
+    assert project.record()["pid"] == first["pid"]
+    assert tagged_pids(first["tag"]) == {first["pid"]}
+
+
+def test_restart_stops_the_old_server_and_starts_a_new_one(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    old = project.record()
+    r = project.gpuops(*START, "--restart")
+    assert r.code == 0, r.text
+    new = project.record()
+    assert new["pid"] != old["pid"]
+    assert not psutil.pid_exists(old["pid"]) or psutil.Process(old["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stranger_on_the_port_is_refused_and_left_alone(project, port, stranger):
+    project.demo_agents(port)
+    other = stranger(port)
+    r = project.gpuops(*START)
+    assert r.code == 4, r.text
+    assert f"port {port} is already in use" in r.err
+    assert f"pid {other.pid}" in r.err and "http.server" in r.err
+    assert other.poll() is None
+    assert not (project.run_dir / "state" / "server.json").exists()
+
+
+def test_concurrent_starts_give_exactly_one_server(project, port):
+    project.demo_agents(port)
+    procs = [project.spawn(*START) for _ in range(3)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert sum("started 'server'" in o for o in outs) == 1
+    tag = project.record()["tag"]
+    assert len(tagged_pids(tag)) == 1
+    servers = [p for p in psutil.process_iter(["cmdline"])
+               if p.info["cmdline"] and f"--port {port}" in " ".join(p.info["cmdline"])
+               and "gpuops.demo" in " ".join(p.info["cmdline"])]
+    assert len(servers) == 1
+
+
+def test_stop_kills_the_whole_tree_including_workers_that_left_the_group(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_WORKERS=2 GPUOPS_DEMO_ORPHAN_WORKER=1")
+    assert project.gpuops(*START).code == 0
+    rec = project.record()
+    tree = wait_for(lambda: t if len(t := tagged_pids(rec["tag"])) >= 4 else None, timeout=10)
+    assert tree and len(tree) >= 4  # server + 2 workers + the orphan worker
+    pgids = {os.getpgid(p) for p in tree}
+    assert len(pgids) == 2  # the orphan really left the server's group
+    r = project.gpuops("stop-server")
+    assert r.code == 0, r.text
+    assert "stopped 'server'" in r.out and f"port {port} is free" in r.out
+    assert tagged_pids(rec["tag"]) == set()
+    assert os.path.exists(project.root / rec["log_path"])  # the log is kept
+
+
+def test_stop_kills_a_server_that_ignores_sigterm_after_the_timeout(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_FAULT=ignore_sigterm GPUOPS_DEMO_WORKERS=1")
+    assert project.gpuops(*START).code == 0
+    rec = project.record()
+    t0 = time.monotonic()
+    r = project.gpuops("stop-server", "--timeout", "1")
+    assert r.code == 0, r.text
+    assert "ignored SIGTERM and were killed" in r.out
+    assert time.monotonic() - t0 >= 1.0
+    assert tagged_pids(rec["tag"]) == set()
+
+
+def test_stop_is_idempotent(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    assert project.gpuops("stop-server").code == 0
+    again = project.gpuops("stop-server")
+    assert again.code == 0
+    assert "not running" in again.out
+
+
+def test_stop_never_signals_a_process_whose_identity_does_not_match(project, port):
+    project.demo_agents(port)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        state = project.run_dir / "state"
+        state.mkdir(parents=True)
+        record = {"name": "server", "pid": victim.pid, "create_time": psutil.Process(victim.pid).create_time() - 100,
+                  "pgid": victim.pid, "tag": "server:stale", "host": "127.0.0.1", "port": port,
+                  "url": f"http://127.0.0.1:{port}", "log_path": "x.log", "command": "old", "cwd": str(project.root),
+                  "engine": "demo"}
+        (state / "server.json").write_text(json.dumps(record))
+        r = project.gpuops("stop-server")
+        assert r.code == 0, r.text
+        assert "not running" in r.out
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_stop_port_stops_orphans_listening_there(project, port, stranger):
+    project.demo_agents(port)
+    orphan = stranger(port)
+    r = project.gpuops("stop-server", "--port", str(port))
+    assert r.code == 0, r.text
+    assert "stopped 1 process(es)" in r.out and "is free" in r.out
+    assert wait_for(lambda: orphan.poll() is not None, timeout=5)
+
+
+def test_status_shows_ready_then_exited(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    r = project.gpuops("status", "--json")
+    assert r.code == 0, r.text
+    [s] = json.loads(r.out)
+    assert (s["name"], s["state"], s["port"]) == ("server", "ready", port)
+    assert s["uptime"] >= 0
+    table = project.gpuops("status")
+    assert "ready" in table.out and str(port) in table.out
+    project.gpuops("stop-server")
+    [s] = json.loads(project.gpuops("status", "--json").out)
+    assert s["state"] == "exited" and s["uptime"] is None
+
+
+def test_logs_are_never_overwritten_and_listed_newest_last(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    first = project.record()["log_path"]
+    project.gpuops("stop-server")
+    first_text = open(project.root / first).read()
+    assert project.gpuops(*START).code == 0
+    second = project.record()["log_path"]
+    assert second != first
+    assert open(project.root / first).read() == first_text
+    listing = project.gpuops("logs", "--list").out.strip().splitlines()
+    assert listing[-1].endswith(os.path.basename(second))
+    tail = project.gpuops("logs", "--lines", "3")
+    assert tail.code == 0 and os.path.basename(second) in tail.out
+    assert len(tail.out.strip().splitlines()) == 4  # the ==> name <== line and 3 lines
+
+
+def test_missing_agents_file_is_a_usage_error_and_starts_nothing(project):
+    r = project.gpuops(*START)
+    assert r.code == 2, r.text
+    assert "AGENTS.local.md" in r.err and "Traceback" not in r.text
+    assert not (project.run_dir / "state").exists()
+
+
+def test_malformed_command_names_the_line(project):
+    project.write_agents("## Server\n\n```bash\npython -m gpuops.demo --model 'unbalanced\n```\n")
+    r = project.gpuops(*START)
+    assert r.code == 2, r.text
+    assert "AGENTS.local.md:4" in r.err
+    assert "Traceback" not in r.text
+
+
+def test_missing_program_is_named_before_anything_starts(project, port):
+    project.write_agents(f"```bash\n./bin/llama-server -m model.gguf --port {port}\n```\n")
+    r = project.gpuops(*START)
+    assert r.code == 3, r.text
+    assert "./bin/llama-server not found" in r.err
+    assert not list((project.run_dir / "server_logs").glob("*.log")) if (project.run_dir / "server_logs").exists() else True
+
+
+def test_missing_virtualenv_is_named_with_what_to_do(project, port):
+    project.write_agents(f"```bash\ncd {project.root} && source .venv/bin/activate && python -m gpuops.demo --port {port}\n```\n")
+    r = project.gpuops(*START)
+    assert r.code == 3, r.text
+    assert ".venv/bin/activate" in r.err and "does not exist" in r.err
+    assert "virtual environment" in r.err
+
+
+def test_shell_recipe_keeps_the_server_as_the_recorded_pid(project, port):
+    project.write_agents(
+        f"## Server\n\n```bash\ncd {project.root}\nexport GPUOPS_DEMO_LOAD_SECONDS=0.2\n"
+        f"{sys.executable} -m gpuops.demo --port {port}\n```\n")
+    r = project.gpuops(*START)
+    assert r.code == 0, r.text
+    pid = project.record()["pid"]
+    assert "gpuops.demo" in " ".join(psutil.Process(pid).cmdline())  # exec replaced bash
+
+
+def test_secrets_are_masked_in_the_terminal_and_the_log(project, port):
+    project.demo_agents(port, env="HF_TOKEN=hf_supersecretvalue")
+    r = project.gpuops(*START)
+    assert r.code == 0, r.text
+    log = open(project.root / project.record()["log_path"]).read()
+    assert "hf_supersecretvalue" not in r.text and "hf_supersecretvalue" not in log
+    assert "HF_TOKEN=" in log
+
+
+def test_inline_env_reaches_the_server_environment(project, port):
+    project.demo_agents(port, env='GPUOPS_DEMO_MODEL="model with spaces"')
+    assert project.gpuops(*START).code == 0
+    models = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
+    assert models["data"][0]["id"] == "model with spaces"
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_every_lifecycle_flag_has_help(project, flag):
+    for name in ("start-server", "stop-server", "status", "logs"):
+        r = project.gpuops(name, flag)
+        assert r.code == 0
+        for line in r.out.splitlines():
+            if line.strip().startswith("-") and "--" in line:
+                assert len(line.split(None, 1)) == 2 and line.split("  ")[-1].strip(), f"{name}: {line}"
