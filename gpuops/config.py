@@ -25,6 +25,9 @@ DEFAULTS: dict = {
         "blue_sky": {"prompt": "Why is the sky blue?", "max_tokens": 64},
         "hello": {"prompt": "Say hello in one short sentence.", "max_tokens": 16},
     },
+    "smoke_timeout": 60.0,  # seconds one smoke request may take, model lookup included
+    "profile_num_steps": 25,  # steps a profile records (10 suits decode-only servers)
+    "profile_settle_timeout": 120.0,  # how long to wait for trace files to appear and stop growing
 }
 
 

@@ -100,7 +100,7 @@ SIGNATURES: list[tuple[str, str, str | None]] = [
      "the model does not fit: lower -ngl (layers on GPU) or the context size (-c), or free the GPU (`inv gpus`)"),
     (r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", "CUDA out of memory",
      "the GPU ran out of memory: check `inv gpus` for other holders; lower --gpu-memory-utilization, "
-     "--max-model-len or the batch size"),
+     "--max-model-len or the batch size, or pick a free GPU with CUDA_VISIBLE_DEVICES"),
     (r"NCCL error|ncclUnhandledCudaError|ncclSystemError|ncclInternalError|NCCL WARN", "NCCL error",
      "ranks could not talk: check CUDA_VISIBLE_DEVICES and --tensor-parallel-size agree; rerun with "
      "NCCL_DEBUG=INFO; on consumer GPUs try NCCL_P2P_DISABLE=1"),

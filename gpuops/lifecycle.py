@@ -224,13 +224,15 @@ def start_server(
     start_timeout: float = 1800.0,
     stop_timeout: float = 10.0,
     keep_on_failure: bool = False,
-    gpu_check: Callable[[ServerRecipe], list[int]] | None = None,
+    gpu_check: Callable[[ServerRecipe, list[int]], list[int]] | None = None,
     lock_timeout: float | None = None,
 ) -> Started:
     """Preflight, launch detached, watch until ready. Raises StartupFailed/PortInUse/GpusBusy.
 
     `stream` receives the server's log lines while it starts (default: same as `write`).
-    `gpu_check(recipe)` runs the GPU preflight (raises GpusBusy) and returns the GPU indices used.
+    `gpu_check(recipe, replaced_pids)` runs the GPU preflight (raises GpusBusy) and returns the GPU
+    indices used; `replaced_pids` are the processes of a server just stopped by `restart`, whose memory
+    NVML keeps listing for a few seconds after they exit.
     """
     stream = stream or write
     cwd = Path(cwd or os.getcwd())
@@ -247,12 +249,14 @@ def start_server(
             raise StartupFailed(f"gave up waiting for the other start of '{recipe.name}'",
                                 hint="see `inv status`") from None
     try:
+        replaced: list[int] = []
         existing = state.load(run_dir, recipe.name)
         if existing and procs.matches(existing.pid, existing.create_time):
             if restart:
                 write(f"restarting: stopping '{recipe.name}' (pid {existing.pid}) first")
                 report = stop_record(existing, timeout=stop_timeout)
                 write(report.summary())
+                replaced = [v.pid for v in report.report.stopped] if report.report else []
             elif _healthy(existing) and existing.ready_at:
                 return Started(existing, None, already_running=True, log_path=Path(existing.log_path))
             else:
@@ -264,7 +268,7 @@ def start_server(
 
         check_paths(recipe, cwd)
         check_port(ep)
-        gpus = gpu_check(recipe) if gpu_check else []
+        gpus = gpu_check(recipe, replaced) if gpu_check else []
 
         log_path = create_log(run_dir.logs, recipe.name)
         header = log_header(recipe, recipe_cwd(recipe, cwd), ep)
@@ -330,7 +334,7 @@ def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, ke
                 f"then `inv stop-server`; full log: {log}")
     else:
         stopped = stop_record(record, timeout=stop_timeout)
-        what += f"; stopped it ({len(stopped.stopped)} processes)"
+        what += f"; stopped it ({len(stopped.report.stopped) if stopped.report else 0} processes)"
         hint = (f"full log: {log}; if it loads silently for long, raise --hang-timeout; "
                 "use --keep-on-failure to leave it running for inspection")
     return StartupFailed(what, details=details, hint=hint)
@@ -506,8 +510,8 @@ def follow_server(record: StateRecord, write: Write, poll: float = 0.1) -> int |
             gone.append(True)
         return bool(gone)
 
-    write(f"following {record.log_path} (Ctrl-C stops following; the server keeps running)")
-    try:
+    try:  # the message is inside: Ctrl-C can land the moment it is printed
+        write(f"following {record.log_path} (Ctrl-C stops following; the server keeps running)")
         follow(record.log_path, write, should_stop=exited, poll=poll)
     except KeyboardInterrupt:
         write(f"stopped following; '{record.name}' is still running (pid {record.pid}): `inv stop-server` stops it")

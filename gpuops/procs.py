@@ -209,7 +209,10 @@ def stop_processes(
     for g in pgids:
         _killpg(g, signal.SIGTERM)
     _signal(gather(), signal.SIGTERM)
-    left = _wait_gone(gather(), timeout)
+    gather()
+    # wait on every target seen, not only the living: one that died right after SIGTERM may be an
+    # unreaped child of ours (a zombie) that still needs its waitpid
+    left = _wait_gone(list(seen.values()), timeout)
     if left:
         left = gather()
         report.killed = [Victim(p.pid, command_of(p)) for p in left]

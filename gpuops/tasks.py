@@ -43,14 +43,19 @@ def _confirm(question: str) -> bool:
 def _gpu_preflight(c, *, kill: bool, yes: bool):
     """The GPU step of start-server's preflight: refuse busy GPUs, or free them with --kill-gpu-procs."""
 
-    def check(recipe) -> list[int]:
+    def check(recipe, replaced_pids) -> list[int]:
+        import os
+
         from gpuops import gpus
 
         inv = gpus.inventory()
         if inv.unavailable:
             _out(f"no NVIDIA GPU visible: {inv.unavailable} (starting without a GPU check)")
             return []
-        needed = gpus.needed_gpus(recipe.env, recipe.argv, inv)
+        if replaced_pids:  # a restart: NVML lists the old server's memory for seconds after it exits
+            inv = gpus.wait_released(replaced_pids, float(setting(c, "gpu_release_timeout")))
+        # the server inherits our environment: a CUDA_VISIBLE_DEVICES exported in the shell counts
+        needed = gpus.needed_gpus({**os.environ, **recipe.env}, recipe.argv, inv)
         busy_mib = float(setting(c, "gpu_busy_mib"))
         if kill:
             gpus.free_gpus(inv, needed, busy_mib, yes=yes, confirm=_confirm if sys.stdin.isatty() else None,
@@ -297,10 +302,207 @@ def logs(c, name=None, prefix=None, lines=50, follow=False, list=False):  # noqa
 # --- gpu tasks (gpus) ---
 
 
+@task(
+    help={
+        "json": "Print machine-readable JSON instead of a table (n/a figures are null).",
+        "busy-mib": "Mark GPUs on which processes use more than this many MiB as busy (default 300).",
+    }
+)
+@edge
+def gpus(c, json=False, busy_mib=None):  # noqa: A002
+    """Each GPU's memory and utilisation, with the processes on it (PID, user, memory, command).
+
+    inv gpus
+    inv gpus --json | jq '.gpus[].processes[].pid'
+    """
+    from gpuops import gpus as gpuinfo
+
+    inv = gpuinfo.inventory()
+    if json:
+        import json as _json
+
+        print(_json.dumps(gpuinfo.to_json(inv), indent=2), flush=True)
+        if inv.unavailable:
+            print(f"no NVIDIA GPU visible: {inv.unavailable}", file=sys.stderr, flush=True)
+        return
+    from rich.console import Console
+
+    gpuinfo.render_table(inv, Console(), busy_mib=float(setting(c, "gpu_busy_mib", busy_mib)))
+
+
 # --- smoke and profile tasks ---
 
 
+@task(
+    help={
+        "preset": "Which prompt preset to send (default: blue_sky); presets live in invoke.yaml "
+        "(gpuops.smoke_presets) and AGENTS.local.md.",
+        "prompt": "Send this prompt instead of the preset's.",
+        "max-tokens": "How many tokens to ask for (default: the preset's, else 64).",
+        "stream": "Stream the answer and measure time to first token (default); --no-stream asks for it whole.",
+        "chat": "Use /v1/chat/completions instead of /v1/completions (default: completions).",
+        "model": "Model name to send (default: the first id of GET /v1/models).",
+        "url": "Talk to this server (http://HOST:PORT) instead of the running one gpuops started.",
+        "server": "Which running server (recipe name) to test (default: the newest running one).",
+        "engine": "Treat the server as this engine (vllm, sglang, llama.cpp, comfyui, mlx_lm, demo, uvicorn, openai); "
+        "default: from the state record, or openai with --url.",
+        "timeout": "Seconds the whole request may take (default 60).",
+        "agents-file": "Path of the file holding the commands and presets (default: AGENTS.local.md).",
+    }
+)
+@edge
+def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False, model=None, url=None,
+          server=None, engine=None, timeout=None, agents_file=None):
+    """Send one real request to the running server; show the answer, tokens, TTFT and total time.
+
+    inv smoke                                  # the blue_sky preset to the running server
+    inv smoke --preset hello --chat
+    inv smoke --url http://127.0.0.1:8000 --prompt "2+2=" --max-tokens 4 --no-stream
+    """
+    from gpuops import smoke as sm
+    from gpuops.errors import RequestFailed
+
+    presets = sm.load_presets(c.config.gpuops.get("smoke_presets"), setting(c, "agents_file", agents_file))
+    text, tokens = sm.resolve_preset(presets, preset, prompt, max_tokens)
+    target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
+    try:
+        result = sm.run_smoke(target.url, target.engine, prompt=text, max_tokens=tokens, stream=stream, chat=chat,
+                              model=model, timeout=float(setting(c, "smoke_timeout", timeout)))
+    except RequestFailed as err:
+        raise sm.add_log_tail(err, target.log_path) from None
+    for line in result.render(text):
+        _out(line)
+
+
+@task(
+    help={
+        "num-steps": "How many steps to record (default 25; 10 suits decode-only servers).",
+        "with-stack": "Record Python stacks too (bigger traces, more overhead).",
+        "dir": "Folder for the trace files (default: do_not_commit/profiles/<timestamp>/, never reused).",
+        "load": "Drive a short background load (4 streaming requests) during the capture so decode steps exist.",
+        "url": "Profile this server (http://HOST:PORT) instead of the running one gpuops started (needs --engine).",
+        "server": "Which running server (recipe name) to profile (default: the newest running one).",
+        "engine": "Treat the server as this engine: vllm, sglang, or uvicorn/demo (Fireworks-style GET /profile).",
+        "settle-timeout": "Seconds to wait for the trace files to appear and stop growing (default 120).",
+        "duration": "vLLM (and SGLang): record for this many seconds instead of counting steps.",
+        "top": "How many kernels and operators the summary lists (default 10).",
+    }
+)
+@edge
+def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None, server=None, engine=None,  # noqa: A002
+            settle_timeout=None, duration=None, top=10):
+    """Capture a server-side PyTorch profile (optionally under load), list the traces, summarize them.
+
+    inv profile --load                        # 25 steps with 4 streaming requests running
+    inv profile --num-steps 10 --with-stack
+    inv profile --server vllm --duration 5    # vLLM: start, record 5 s, stop (the flush can take minutes)
+    """
+    from pathlib import Path
+
+    from gpuops import profiling
+    from gpuops import smoke as sm
+    from gpuops.errors import RequestFailed, UsageError
+
+    target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
+    flavour = profiling.flavour_of(target.engine)  # no endpoint: say what to use, before making folders
+    try:
+        steps = int(setting(c, "profile_num_steps", num_steps))
+        seconds = float(duration) if duration is not None else None
+        settle = float(setting(c, "profile_settle_timeout", settle_timeout))
+    except ValueError as err:
+        raise UsageError(f"not a number: {err}", hint="--num-steps 25, --duration 5, --settle-timeout 120") from None
+    out = Path(dir) if dir else profiling.new_profile_dir(run_dir(c).profiles)
+    rec = target.record
+    server_dir = None
+    if flavour == "vllm":  # vLLM writes into its own folder: read it from the server process
+        server_dir = (profiling.server_profiler_dir(rec.pid, rec.create_time) if rec is not None
+                      else profiling.local_profiler_dir(target.url))
+    try:
+        result = profiling.capture(target.url, target.engine, out_dir=out, num_steps=steps, with_stack=with_stack,
+                                   load=load, duration=seconds, settle_timeout=settle, write=_out,
+                                   server_dir=server_dir)
+    except RequestFailed as err:
+        raise sm.add_log_tail(err, target.log_path) from None
+    finally:
+        if not dir and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed capture leaves no empty timestamp folder behind
+    profiling.summarize(result)
+    for line in profiling.render_result(result, top=int(top)):
+        _out(line)
+
+
 # --- load-test tasks ---
+
+
+@task(
+    auto_shortflags=False,  # 25 flags: generated one-letter flags would be arbitrary (and one would be -h)
+    help={
+        "users": "Concurrent users, each sending its next request when the last one finished (default 4). "
+        "With --qps: the cap on requests in flight (default 64).",
+        "spawn-rate": "Users started per second (default: all at once).",
+        "run-time": "How long to send load: 30s, 90, 2m, 1m30s, 1h (default 30s). Requests in flight then "
+        "get up to 30 s to finish.",
+        "prompt-tokens": "Prompt length in words, about one token each (default 128); reported from the server's usage.",
+        "max-tokens": "Tokens to generate per request (default 64; vLLM, SGLang and llama.cpp get ignore_eos).",
+        "stream": "Stream answers and measure TTFT, ITL and TPOT (the default).",
+        "no-stream": "Ask for whole answers: end-to-end latency and throughput only.",
+        "chat": "Use /v1/chat/completions.",
+        "completion": "Use /v1/completions (the default).",
+        "model": "Model name to send (default: the first id of GET /v1/models).",
+        "qps": "Open loop: send this many requests per second on a fixed schedule instead of a fixed concurrency.",
+        "arrival": "With --qps: poisson (default, like real traffic) or constant spacing.",
+        "seed": "Seed for the prompt text and the --qps schedule (default 0). Salts stay unique per run.",
+        "url": "Load this server (http://HOST:PORT) instead of the running one gpuops started.",
+        "server": "Which running server (recipe name) to load (default: the newest running one).",
+        "workers": "Load-generating processes (default 1). Above 1: a Locust master plus N workers, to use more cores.",
+        "sweep": "Run one test per level and chart them: user counts (1,2,4,8) or, with --qps, rates (0.5,1,2).",
+        "detach": "Run in the background with its own log (do_not_commit/server_logs/locust-*.log), follow it "
+        "here; Ctrl-C stops following, not the test.",
+        "web": "Open Locust's own web UI (http://127.0.0.1:PORT) instead of a headless run; Ctrl-C here ends it.",
+        "shared-prefix": "Send the same prompt every time (measures a warm prefix cache); default: salted per request.",
+        "slo-ttft-ms": "Goodput: a request counts as good only with TTFT at most this many ms.",
+        "slo-tpot-ms": "Goodput: a request counts as good only with TPOT at most this many ms.",
+        "slo-e2el-ms": "Goodput: a request counts as good only with end-to-end latency at most this many ms.",
+        "request-timeout": "Seconds a request may wait for its next bytes before it fails (default 300).",
+        "out": "Write the report into this new (or empty) folder instead of do_not_commit/load_tests/<timestamp>/.",
+        "agents-file": "Path of the file whose '## Load test' block gives default flags (default: AGENTS.local.md).",
+    }
+)
+@edge
+def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None, max_tokens=None, stream=False,
+              no_stream=False, chat=False, completion=False, model=None, qps=None, arrival=None, seed=None, url=None,
+              server=None, workers=None, sweep=None, detach=False, web=False, shared_prefix=False, slo_ttft_ms=None,
+              slo_tpot_ms=None, slo_e2el_ms=None, request_timeout=None, out=None, agents_file=None):
+    """Load-test the running server with Locust: TTFT, ITL, TPOT, E2EL percentiles from raw records.
+
+    inv load-test                              # flags from AGENTS.local.md's '## Load test' block
+    inv load-test --users 32 --run-time 1m --workers 2
+    inv load-test --qps 4 --arrival poisson --slo-ttft-ms 500 --slo-tpot-ms 50
+    inv load-test --sweep 1,4,16,64 --run-time 30s --detach
+    """
+    from gpuops.errors import UsageError
+    from gpuops.loadtest import command
+
+    for (a, given_a), (b, given_b) in ((("stream", stream), ("no-stream", no_stream)),
+                                       (("chat", chat), ("completion", completion))):
+        if given_a and given_b:
+            raise UsageError(f"--{a} and --{b} contradict each other", hint=f"give one of --{a}, --{b}")
+    cli = {"users": users, "spawn_rate": spawn_rate, "run_time": run_time, "prompt_tokens": prompt_tokens,
+           "max_tokens": max_tokens, "model": model, "qps": qps, "arrival": arrival, "seed": seed, "url": url,
+           "server": setting(c, "server", server), "workers": workers, "sweep": sweep, "slo_ttft_ms": slo_ttft_ms,
+           "slo_tpot_ms": slo_tpot_ms, "slo_e2el_ms": slo_e2el_ms, "request_timeout": request_timeout, "out": out,
+           "stream": True if stream else (False if no_stream else None),
+           "api": "chat" if chat else ("completion" if completion else None),
+           "shared_prefix": shared_prefix or None, "detach": detach or None, "web": web or None}
+    prepared = command.prepare(cli, agents_file=setting(c, "agents_file", agents_file), run_dir=run_dir(c))
+    if prepared.opts.detach:
+        code = command.run_detached(prepared, _out)
+        if code:
+            from invoke.exceptions import Exit
+
+            raise Exit(code=code)
+        return
+    command.run_foreground(prepared, _out)
 
 
 ns = Collection.from_module(sys.modules[__name__])

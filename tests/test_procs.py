@@ -54,13 +54,20 @@ def test_stop_processes_takes_the_whole_group_and_reaps():
             subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         time.sleep(60)
     """, start_new_session=True)
-    kids = wait_for(lambda: c if len(c := psutil.Process(leader.pid).children()) == 2 else None)
-    tree = procs.server_tree(leader.pid, psutil.Process(leader.pid).create_time(), leader.pid, None)
-    assert {p.pid for p in tree} == {leader.pid, *(k.pid for k in kids)}
-    report = procs.stop_processes(tree, pgids=[leader.pid], timeout=5)
-    assert len(report.stopped) == 3 and not report.killed and not report.survivors
-    assert leader.poll() is not None  # reaped by the stop (it was our child)
-    assert all(not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE for k in kids)
+    try:
+        kids = wait_for(lambda: c if len(c := psutil.Process(leader.pid).children()) == 2 else None)
+        tree = procs.server_tree(leader.pid, psutil.Process(leader.pid).create_time(), leader.pid, None)
+        assert {p.pid for p in tree} == {leader.pid, *(k.pid for k in kids)}
+        report = procs.stop_processes(tree, pgids=[leader.pid], timeout=5)
+        assert len(report.stopped) == 3 and not report.killed and not report.survivors
+        assert leader.poll() is not None  # reaped by the stop (it was our child)
+        assert all(not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE for k in kids)
+    finally:
+        try:
+            os.killpg(leader.pid, 9)
+        except ProcessLookupError:
+            pass
+        leader.wait()
 
 
 def test_sigterm_ignorer_is_killed_after_timeout():

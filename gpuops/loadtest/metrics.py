@@ -1,0 +1,302 @@
+"""From raw per-request records to the statistics people compare, named as `vllm bench serve` names them.
+
+    >>> s = summarize(read_records(Path("do_not_commit/load_tests/20261122-101500/records.jsonl")))
+    >>> s["completed"], s["median_ttft_ms"], s["p99_tpot_ms"], s["output_throughput"]
+    (412, 101.3, 20.4, 1311.7)
+
+Definitions (per request, then over the run):
+    TTFT   time from sending the request to the first chunk that carries generated text
+    ITL    each gap between two consecutive text chunks (all gaps of all requests pooled)
+    E2EL   time from sending the request to the end of its answer
+    TPOT   (E2EL - TTFT) / (output_tokens - 1), for requests with more than one output token
+    output tokens: the server's `usage.completion_tokens` (counted chunks only when it sends none)
+    duration: first request sent to last answer finished; throughputs divide by it
+    goodput: completed requests per second that met every SLO given
+
+Every statistic is computed from the exact per-request values, never from histogram buckets
+(Locust's own percentiles round response times to about two significant digits). Percentiles
+interpolate linearly between the closest ranks, as numpy.percentile does by default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+METRICS = ("ttft", "tpot", "itl", "e2el")
+STATS = ("mean", "median", "std", "p90", "p95", "p99", "max")
+LATE_MS = 25.0  # a request sent this much later than due counts as late
+MAX_LATE_FRACTION = 0.05  # more late requests than this: the client fell behind the schedule
+CPU_BOUND_PCT = 85.0  # a load-generating process this busy (% of one core) is near saturation
+LOOP_LAG_BOUND_MS = 20.0  # its event loop this late (p90 of per-second maxima) delays every timestamp
+
+
+# ---------------------------------------------------------------- order statistics
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of already sorted values, linear interpolation (numpy's default)."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError("q must be within 0..100")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+
+
+def describe(values: Iterable[float]) -> dict[str, float | None]:
+    """mean, median, std (population, as numpy), p90, p95, p99, max of the values; all None if empty."""
+    data = sorted(values)
+    if not data:
+        return {k: None for k in STATS}
+    n = len(data)
+    mean = math.fsum(data) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in data) / n)
+    return {
+        "mean": mean,
+        "median": percentile(data, 50),
+        "std": std,
+        "p90": percentile(data, 90),
+        "p95": percentile(data, 95),
+        "p99": percentile(data, 99),
+        "max": data[-1],
+    }
+
+
+# ---------------------------------------------------------------- per request
+
+_ID = re.compile(r"\b(?=[0-9a-fA-F-]*\d)[0-9a-fA-F-]{12,}\b")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def reason_key(reason: str) -> str:
+    """A failure reason with its varying parts (numbers, ids) blanked, so alike failures group together.
+
+    'HTTP 500: request 17 failed (id 3f9a2c4b1d7e)' -> 'HTTP 500: request N failed (id …)'
+    """
+    head, sep, rest = reason.partition(": ")
+    if not (head.startswith("HTTP ") and sep):
+        head, sep, rest = "", "", reason
+    return head + sep + _NUMBER.sub("N", _ID.sub("…", rest))
+
+
+
+def tpot_ms(e2el_ms: float | None, ttft_ms: float | None, output_tokens: int | None) -> float | None:
+    """(E2EL - TTFT) / (output_tokens - 1); None when there is no second token to time."""
+    if e2el_ms is None or ttft_ms is None or not output_tokens or output_tokens < 2:
+        return None
+    return (e2el_ms - ttft_ms) / (output_tokens - 1)
+
+
+def meets_slo(record: dict, slo: dict[str, float]) -> bool:
+    """Whether a completed request met every SLO given (keys ttft/tpot/e2el, values in ms).
+
+    A one-token answer has no TPOT and so cannot miss a TPOT target.
+    """
+    values = {"ttft": record.get("ttft_ms"), "e2el": record.get("e2el_ms"),
+              "tpot": tpot_ms(record.get("e2el_ms"), record.get("ttft_ms"), record.get("output_tokens"))}
+    for key, limit in slo.items():
+        value = values[key]
+        if value is None:
+            if key == "tpot":
+                continue
+            return False
+        if value > limit:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- the run
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records from a JSON-lines file; a torn last line (a process killed mid-write) is skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _flat(prefix_metric: str, stats: dict) -> dict:
+    return {f"{stat}_{prefix_metric}_ms": value for stat, value in stats.items()}
+
+
+def summarize(records: list[dict], slo: dict[str, float] | None = None) -> dict:
+    """The run's statistics from its raw records: flat vLLM-style keys plus failure reasons and send lag."""
+    done = [r for r in records if not r.get("cancelled")]
+    ok = [r for r in done if r.get("ok")]
+    failed = [r for r in done if not r.get("ok")]
+    cancelled = len(records) - len(done)
+
+    duration = (max(r["end"] for r in done) - min(r["start"] for r in done)) if done else 0.0
+    out_tokens = sum(r.get("output_tokens") or 0 for r in ok)
+    in_tokens = sum(r.get("prompt_tokens") or 0 for r in ok)
+
+    def per_s(x):
+        return x / duration if duration > 0 else None
+
+    summary: dict = {
+        "completed": len(ok),
+        "failed": len(failed),
+        "cancelled": cancelled,
+        "duration": duration,
+        "total_input_tokens": in_tokens,
+        "total_output_tokens": out_tokens,
+        "request_throughput": per_s(len(ok)),
+        "output_throughput": per_s(out_tokens),
+        "total_token_throughput": per_s(out_tokens + in_tokens),
+        "mean_output_tokens": (out_tokens / len(ok)) if ok else None,
+        "mean_input_tokens": (in_tokens / len(ok)) if ok else None,
+        "usage_missing": sum(1 for r in ok if r.get("tokens_from") != "usage"),
+    }
+    ttfts = [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None]
+    tpots = [t for t in (tpot_ms(r.get("e2el_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in ok)
+             if t is not None]
+    itls = [gap for r in ok for gap in (r.get("itl_ms") or ())]
+    e2els = [r["e2el_ms"] for r in ok if r.get("e2el_ms") is not None]
+    for name, values in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        summary.update(_flat(name, describe(values)))
+
+    summary["failure_reasons"] = dict(Counter(reason_key(r.get("error") or "unknown") for r in failed).most_common())
+    summary["failure_kinds"] = dict(Counter(r.get("error_kind") or "unknown" for r in failed).most_common())
+
+    slo = {k: float(v) for k, v in (slo or {}).items() if v is not None}
+    summary["slo"] = slo or None
+    if slo:
+        good = sum(1 for r in ok if meets_slo(r, slo))
+        summary["goodput_completed"] = good
+        summary["request_goodput"] = per_s(good)
+    else:
+        summary["goodput_completed"] = None
+        summary["request_goodput"] = None
+
+    summary.update(send_lag(done))
+    return summary
+
+
+def send_lag(records: list[dict], late_ms: float = LATE_MS, max_late_fraction: float = MAX_LATE_FRACTION) -> dict:
+    """Open-loop (--qps) runs: how late requests left compared to when they were due.
+
+    `fell_behind` means the client could not keep the schedule (all users busy, or its CPU
+    saturated): the server saw less load than asked for and latency under the asked-for load was
+    not measured (coordinated omission). `*_ttft_from_due_ms` counts TTFT from the due time: what
+    a user arriving on schedule would have waited.
+    """
+    scheduled = [r for r in records if r.get("due") is not None and r.get("lag_ms") is not None]
+    if not scheduled:
+        return {"scheduled": 0, "fell_behind": None, "late_requests": None, "late_fraction": None,
+                **_flat("send_lag", {k: None for k in STATS}),
+                **_flat("ttft_from_due", {k: None for k in STATS})}
+    lags = [r["lag_ms"] for r in scheduled]
+    late = sum(1 for lag in lags if lag > late_ms)
+    fraction = late / len(scheduled)
+    from_due = [r["ttft_ms"] + r["lag_ms"] for r in scheduled if r.get("ok") and r.get("ttft_ms") is not None]
+    return {
+        "scheduled": len(scheduled),
+        "late_requests": late,
+        "late_fraction": fraction,
+        "fell_behind": fraction > max_late_fraction,
+        **_flat("send_lag", describe(lags)),
+        **_flat("ttft_from_due", describe(from_due)),
+    }
+
+
+def client_load(samples: list[dict], cpu_bound_pct: float = CPU_BOUND_PCT,
+                loop_lag_bound_ms: float = LOOP_LAG_BOUND_MS) -> dict:
+    """Per load-generating process: CPU use and event-loop lag while users ran; whether it was client-bound.
+
+    Samples are {"worker", "t", "cpu" (% of one core), "loop_lag_ms" (worst timer overshoot in
+    the interval), "users"}. A process's first sample covers its start-up and is left out.
+    """
+    by_worker: dict[int, list[dict]] = {}
+    for s in sorted(samples, key=lambda s: s["t"]):
+        by_worker.setdefault(s["worker"], []).append(s)
+    workers = {}
+    reasons = []
+    for worker, rows in sorted(by_worker.items()):
+        busy = [s for s in rows[1:] if s.get("users", 0) > 0]
+        if not busy:
+            continue
+        cpu = [s["cpu"] for s in busy]
+        lag = [s.get("loop_lag_ms", 0.0) for s in busy]
+        stats = {"cpu_mean": math.fsum(cpu) / len(cpu), "cpu_max": max(cpu),
+                 "loop_lag_p90_ms": percentile(sorted(lag), 90), "loop_lag_max_ms": max(lag),
+                 "samples": len(busy)}
+        workers[worker] = stats
+        if stats["cpu_mean"] >= cpu_bound_pct:
+            reasons.append(f"load generator process {worker} used {stats['cpu_mean']:.0f}% of a core on "
+                           f"average (saturation is 100%)")
+        if stats["loop_lag_p90_ms"] >= loop_lag_bound_ms:
+            reasons.append(f"load generator process {worker}'s event loop ran up to "
+                           f"{stats['loop_lag_p90_ms']:.0f} ms late (p90), which delays every timestamp it takes")
+    return {"workers": workers, "client_bound": bool(reasons), "client_bound_reasons": reasons}
+
+
+def time_series(records: list[dict], bin_s: float | None = None) -> dict:
+    """Per time bin since the first request: latency percentiles of requests finished in it, and the
+    output tokens/s streamed in it (each chunk placed at its own arrival time)."""
+    done = [r for r in records if not r.get("cancelled")]
+    if not done:
+        return {"bin_s": bin_s or 1.0, "bins": []}
+    t0 = min(r["start"] for r in done)
+    span = max(r["end"] for r in done) - t0
+    if bin_s is None:
+        bin_s = max(1.0, round(span / 50.0))
+    n_bins = int(span // bin_s) + 1
+    finished: list[list[dict]] = [[] for _ in range(n_bins)]
+    tokens = [0.0] * n_bins
+    for r in done:
+        finished[min(n_bins - 1, int((r["end"] - t0) // bin_s))].append(r)
+        if not r.get("ok"):
+            continue
+        out = r.get("output_tokens") or 0
+        if r.get("ttft_ms") is None:  # not streamed: all tokens at the end
+            tokens[min(n_bins - 1, int((r["end"] - t0) // bin_s))] += out
+            continue
+        times = [r["start"] + r["ttft_ms"] / 1000.0]
+        for gap in r.get("itl_ms") or ():
+            times.append(times[-1] + gap / 1000.0)
+        per_chunk = out / len(times)
+        for t in times:
+            tokens[min(n_bins - 1, max(0, int((t - t0) // bin_s)))] += per_chunk
+    bins = []
+    for i in range(n_bins):
+        ok = [r for r in finished[i] if r.get("ok")]
+        ttft = sorted(r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None)
+        tpot = sorted(t for t in (tpot_ms(r.get("e2el_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in ok)
+                      if t is not None)
+        e2el = sorted(r["e2el_ms"] for r in ok if r.get("e2el_ms") is not None)
+        row = {"t": i * bin_s, "completed": len(ok), "failed": len(finished[i]) - len(ok),
+               "output_throughput": tokens[i] / bin_s}
+        for name, data in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el)):
+            for q in (50, 90, 99):
+                row[f"p{q}_{name}_ms"] = percentile(data, q) if data else None
+        bins.append(row)
+    return {"bin_s": bin_s, "bins": bins}
+
+
+SWEEP_KEYS = ("completed", "failed", "request_throughput", "output_throughput",
+              "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p90_tpot_ms", "p99_tpot_ms",
+              "median_itl_ms", "median_e2el_ms", "p99_e2el_ms", "request_goodput", "fell_behind")
+
+
+def sweep_row(level: float, summary: dict, client: dict | None = None) -> dict:
+    """One row of a sweep: the load level and the headline numbers of its run."""
+    row = {"level": level}
+    row.update({k: summary.get(k) for k in SWEEP_KEYS})
+    row["client_bound"] = bool(client and client.get("client_bound"))
+    return row

@@ -1,0 +1,129 @@
+"""The real NVML path, on a machine with an NVIDIA GPU and driver; skipped (with the reason) elsewhere.
+
+    pytest -m gpu tests/test_gpus_real.py
+
+With PyTorch and CUDA importable, a real CUDA process is started, found in the inventory, and
+seen to disappear (wait_released); then one is freed with free_gpus, the way --kill-gpu-procs does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from gpuops import gpus
+
+INV = gpus.inventory()
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(INV.unavailable is not None, reason=f"no NVIDIA GPU/driver visible: {INV.unavailable}"),
+]
+
+ALLOC_MIB = 1024
+
+CUDA_HOLDER = textwrap.dedent(f"""
+    import sys, time
+    import torch
+    x = torch.empty({ALLOC_MIB} * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
+    torch.cuda.synchronize()
+    print("ready", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_real_inventory_fields_are_sane():
+    inv = gpus.inventory()
+
+    assert inv.unavailable is None and inv.driver
+    assert [g.index for g in inv.gpus] == list(range(len(inv.gpus)))
+    for g in inv.gpus:
+        assert g.problem is None, g.problem
+        assert g.name and g.name != "?"
+        assert g.uuid and g.uuid.startswith(("GPU-", "MIG-"))
+        if g.memory_total_mib is not None:
+            assert g.memory_total_mib > 1000
+            assert g.memory_used_mib is None or 0 <= g.memory_used_mib <= g.memory_total_mib
+        assert g.utilization_pct is None or 0 <= g.utilization_pct <= 100
+        for p in g.processes:
+            assert p.pid > 0 and p.kind in ("compute", "graphics", "compute+graphics")
+
+
+def _torch_cuda() -> None:
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip("importing torch took over 120 s")
+    if out.stdout.strip() != "True":
+        pytest.skip("PyTorch with CUDA is not importable in this environment")
+
+
+@pytest.fixture
+def cuda_holder():
+    """start() -> a real process holding ALLOC_MIB on cuda:0, in its own process group."""
+    _torch_cuda()
+    started: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", CUDA_HOLDER], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield start
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        proc.stdout.close()
+
+
+def _listed(pid: int) -> list[tuple[gpus.Gpu, gpus.GpuProcess]]:
+    return [(g, p) for g in gpus.inventory().gpus for p in g.processes if p.pid == pid]
+
+
+def test_real_cuda_process_appears_in_inventory_and_disappears_after_exit(cuda_holder):
+    proc = cuda_holder()
+    deadline = time.monotonic() + 10
+    while not _listed(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    ((gpu, p),) = _listed(proc.pid)
+    assert p.visible and p.accessible and "python" in p.name
+    assert p.user == psutil.Process().username()
+    if p.used_mib is not None:  # n/a on MIG
+        assert p.used_mib >= ALLOC_MIB
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    after = gpus.wait_released([proc.pid], timeout=30)
+
+    assert not any(q.pid == proc.pid for g in after.gpus for q in g.processes)
+
+
+def test_real_free_gpus_terminates_a_cuda_holder_and_waits_for_release(cuda_holder):
+    proc = cuda_holder()
+    deadline = time.monotonic() + 10
+    while not _listed(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ((gpu, _),) = _listed(proc.pid)
+    lines: list[str] = []
+
+    killed = gpus.free_gpus(gpus.inventory(), [gpu.index], busy_mib=ALLOC_MIB // 2, yes=True, confirm=None,
+                            timeout=10, release_timeout=60, write=lines.append,
+                            ignore_pids=[p.pid for p in gpu.processes if p.pid != proc.pid])
+
+    assert proc.pid in killed
+    assert not _listed(proc.pid)
+    assert any(line.startswith("GPU memory released after") for line in lines)
