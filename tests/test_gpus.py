@@ -784,3 +784,89 @@ def test_real_inv_gpus_without_driver_warns_in_one_line_and_succeeds(args):
     assert "Traceback" not in proc.stderr
     if args:
         assert json.loads(proc.stdout)["available"] is False
+
+
+# --- start-server and stop-server through the tasks, with the fake driver behind the seam ---
+
+
+def run_inv(monkeypatch, project, fake: FakePynvml, device: Device, *args: str) -> int:
+    """Run `inv ARGS` in-process in the project folder with NVML faked; returns the exit code."""
+    from invoke import Program
+
+    from gpuops.tasks import ns
+
+    monkeypatch.chdir(project.root)
+    monkeypatch.setattr(gpus, "open_nvml", lambda: nvml_for(fake, device))
+    monkeypatch.setenv("INVOKE_GPUOPS_GPU_RELEASE_TIMEOUT", "3")
+    code = 0
+    try:
+        Program(namespace=ns).run(["inv", *args], exit=True)
+    except SystemExit as stop:
+        code = stop.code or 0
+    return code
+
+
+def test_start_refuses_busy_gpu_and_starts_nothing(monkeypatch, capsys, project, port, holders, device):
+    project.demo_agents(port)
+    stranger = holders()
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(stranger.pid, 30000)])])
+
+    code = run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke")
+    text = capsys.readouterr()
+
+    assert code == 5, text
+    assert str(stranger.pid) in text.err and "30000" in text.err and "--kill-gpu-procs" in text.err
+    assert not (project.run_dir / "state" / "server.json").exists()
+    assert not (project.run_dir / "server_logs").exists() or not list((project.run_dir / "server_logs").iterdir())
+    assert not gone(stranger.pid)
+
+
+def test_kill_gpu_procs_frees_the_gpu_waits_for_release_then_starts(monkeypatch, capsys, project, port, holders,
+                                                                   device):
+    project.demo_agents(port)
+    stranger = holders()
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(stranger.pid, 30000, track=True)])], lag=0.5)
+
+    code = run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke",
+                      "--kill-gpu-procs", "--yes")
+    text = capsys.readouterr()
+
+    assert code == 0, text
+    assert gone(stranger.pid)
+    assert "NVIDIA H100 80GB HBM3" in text.out  # the ready banner names the GPU and its memory
+    assert "81559" in text.out
+    record = project.record()
+    assert record["gpus"] == [0]
+    run_inv(monkeypatch, project, fake, device, "stop-server")
+
+
+def test_stop_waits_until_nvml_drops_the_server_and_reports_memory_freed(monkeypatch, capsys, project, port,
+                                                                         device):
+    project.demo_agents(port)
+    fake = FakePynvml([FakeGpu()], lag=0.5)
+    assert run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke") == 0
+    pid = project.record()["pid"]
+    fake.gpus[0].processes.append(FakeProcess(pid, 20000, track=True))  # the server "loaded weights"
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server")
+    text = capsys.readouterr()
+
+    assert code == 0, text
+    assert "GPU memory released (20000 MiB)" in text.out
+
+
+def test_stop_names_what_still_holds_gpu_memory_instead_of_reporting_success(monkeypatch, capsys, project, port,
+                                                                             holders, device):
+    project.demo_agents(port)
+    fake = FakePynvml([FakeGpu()])
+    assert run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke") == 0
+    pid = project.record()["pid"]
+    fake.gpus[0].processes.append(FakeProcess(pid, 20000))  # NVML keeps listing it: a context never torn down
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server")
+    text = capsys.readouterr()
+
+    assert code == 5, text
+    assert str(pid) in text.err and "still" in text.err

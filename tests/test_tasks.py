@@ -1,0 +1,35 @@
+"""The task collection as users meet it: every flag explained, and `inv --list` kept light."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from gpuops.tasks import ns
+
+TASKS = sorted(ns.task_names)
+
+
+def test_the_daily_tasks_are_all_there():
+    assert {"start-server", "stop-server", "status", "logs", "gpus", "smoke", "profile", "load-test"} <= set(TASKS)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_every_flag_of_every_task_has_help_and_the_task_a_docstring(name):
+    task = ns[name]
+    params = list(inspect.signature(task.body).parameters)[1:]  # after the context
+    undocumented = [p for p in params if not (task.help.get(p.replace("_", "-")) or task.help.get(p))]
+    assert undocumented == []
+    assert (task.body.__doc__ or "").strip(), f"{name} has no docstring for `inv --help {name}`"
+
+
+def test_loading_the_tasks_imports_no_heavy_module():
+    # locust monkey-patches with gevent; fabric/paramiko, matplotlib and pynvml are slow to import
+    code = ("import sys, gpuops.tasks; heavy = ('locust', 'gevent', 'fabric', 'paramiko', 'matplotlib', 'pynvml');"
+            "print(' '.join(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
