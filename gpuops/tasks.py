@@ -243,7 +243,9 @@ def status(c, json=False):  # noqa: A002
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("server", "state", "pid", "port", "url", "uptime", "engine", "log")
+    table = Table()
+    for column in ("server", "state", "pid", "port", "url", "uptime", "engine", "log"):
+        table.add_column(column, overflow="fold")  # a URL or log path cut short with "…" is useless
     for s in servers:
         table.add_row(s.name, s.state, str(s.pid), str(s.port or "-"), s.url or "-",
                       lifecycle.format_uptime(s.uptime), s.engine, s.log_path)

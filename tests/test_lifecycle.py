@@ -230,8 +230,9 @@ def test_status_shows_ready_then_exited(project, port):
     [s] = json.loads(r.out)
     assert (s["name"], s["state"], s["port"]) == ("server", "ready", port)
     assert s["uptime"] >= 0
-    table = project.gpuops("status")
+    table = project.gpuops("status", env={"COLUMNS": "80"})
     assert "ready" in table.out and str(port) in table.out
+    assert "\u2026" not in table.out  # a narrow terminal folds the URL and log path, never cuts them short
     project.gpuops("stop-server")
     [s] = json.loads(project.gpuops("status", "--json").out)
     assert s["state"] == "exited" and s["uptime"] is None
