@@ -255,6 +255,19 @@ def test_logs_are_never_overwritten_and_listed_newest_last(project, port):
     assert len(tail.out.strip().splitlines()) == 4  # the ==> name <== line and 3 lines
 
 
+def test_logs_follow_prints_new_lines_until_ctrl_c(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    follower = project.spawn("logs", "--follow", "--lines", "0")
+    assert "==>" in follower.stdout.readline()
+    requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=10)
+    line = follower.stdout.readline()  # uvicorn's access line for the request just made
+    assert "/v1/completions" in line, line
+    follower.send_signal(signal.SIGINT)
+    out, _ = follower.communicate(timeout=10)
+    assert follower.returncode == 0 and "stopped following" in out
+
+
 def test_missing_agents_file_is_a_usage_error_and_starts_nothing(project):
     r = project.gpuops(*START)
     assert r.code == 2, r.text
