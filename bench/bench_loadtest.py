@@ -1,12 +1,13 @@
 """Load-test accuracy and client capacity, side by side in one run: gpuops' Locust client against a
 minimal asyncio + aiohttp client written the way `vllm bench serve` measures.
 
-    .venv/bin/python bench/bench_loadtest.py [--levels 1,8,32] [--run-time 8] [--max-tokens 64]
+    .venv/bin/python bench/bench_loadtest.py [--levels 1,8,32] [--run-time 8] [--max-tokens 64] [--skip-capacity]
 
 1. accuracy: the demo server streams with a known TTFT (100 ms) and inter-token delay (20 ms). At
    each concurrency level, each client (gpuops with 1 load process, gpuops with --workers 2, the
    reference) runs a closed loop for --run-time seconds, one after the other; printed: the median
-   TTFT and ITL each client measured minus the configured truth (ms), and the client's CPU use.
+   TTFT and ITL each client measured minus the configured truth (ms), the client's CPU use, and
+   gpuops' errors minus the reference's (the server's own delay is in both; the rest is the client).
 2. capacity: a second demo server streams with no delay (ttft 0, itl 0), so tokens come as fast as
    the server can send them; at --capacity-users concurrent streams each client reports the output
    tokens/s it received and its CPU (% of one core). tokens/s per core (= tokens/s / CPU share) is
@@ -67,7 +68,7 @@ async def _reference_request(session, url: str, payload: dict) -> dict:
                     if chunk == "[DONE]":
                         continue
                     data = json.loads(chunk)
-                    if choices := data.get("choices"):
+                    if data.get("choices"):
                         timestamp = time.perf_counter()
                         if ttft == 0.0:
                             ttft = timestamp - st
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--capacity-users", type=int, default=32)
+    parser.add_argument("--skip-capacity", action="store_true", help="accuracy part only")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -214,14 +216,22 @@ def main() -> None:
             print(f"{'users':>5}  {'client':<20} {'requests':>8} {'TTFT err':>9} {'ITL err':>8} {'TTFT p99':>9} "
                   f"{'CPU %':>6}")
             for n in levels:
+                level = {}
                 for name, run in clients:
-                    d = describe(run(url, n, work))
+                    d = level[name] = describe(run(url, n, work))
                     print(f"{n:>5}  {name:<20} {d['n']:>8} {d['ttft_err']:>+9.2f} {d['itl_err']:>+8.2f} "
                           f"{d['p99_ttft']:>9.1f} {d['cpu']:>6.0f}", flush=True)
+                # the server's own delay is in both; the difference is what the client adds (or saves)
+                ref = level["reference (aiohttp)"]
+                for name in ("gpuops", "gpuops --workers 2"):
+                    print(f"{n:>5}  {name + ' - reference':<29} {level[name]['ttft_err'] - ref['ttft_err']:>+9.2f} "
+                          f"{level[name]['itl_err'] - ref['itl_err']:>+8.2f}", flush=True)
         finally:
             os.killpg(demo.pid, signal.SIGTERM)
             demo.wait()
 
+        if args.skip_capacity:
+            return
         demo, url = start_demo(0.0, 0.0)
         try:
             n = args.capacity_users

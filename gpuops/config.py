@@ -26,6 +26,7 @@ DEFAULTS: dict = {
         "hello": {"prompt": "Say hello in one short sentence.", "max_tokens": 16},
     },
     "smoke_timeout": 60.0,  # seconds one smoke request may take, model lookup included
+    "smoke_chat": False,  # smoke via /v1/chat/completions (--chat / --completion override it)
     "profile_num_steps": 25,  # steps a profile records (10 suits decode-only servers)
     "profile_settle_timeout": 120.0,  # how long to wait for trace files to appear and stop growing
 }

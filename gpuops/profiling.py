@@ -533,7 +533,11 @@ def capture(url: str, engine: str, *, out_dir: Path, num_steps: int = DEFAULT_NU
         raise UsageError(f"--duration must be a positive number of seconds, not {duration:g}")
     base = base_url(url)
     out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, a read-only parent, ...
+        raise UsageError(f"cannot use {shown(out_dir)} as the trace folder: {err.strerror or err}",
+                         hint="pass --dir with a folder you can write to (or leave it out)") from None
     result = ProfileResult(flavour, base, out_dir)
     write(f"profile: {FLAVOUR_TITLES[flavour]} ({capture_extent(flavour, num_steps, duration, load)}, "
           f"with_stack={str(with_stack).lower()}) at {base}")

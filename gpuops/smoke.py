@@ -85,6 +85,29 @@ def resolve_preset(presets: dict, name: str | None, prompt: str | None,
     return final_prompt, final_max
 
 
+def positive(flag: str, value, *, whole: bool = False) -> float | int:
+    """A flag's value as a number above zero, or UsageError naming the flag.
+
+    >>> positive("--timeout", "2.5"), positive("--num-steps", "10", whole=True)
+    (2.5, 10)
+    """
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if whole:
+            if not number.is_integer():
+                raise ValueError
+            number = int(number)
+        if not number > 0 or number == float("inf"):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if whole else "a number"
+        raise UsageError(f"{flag} must be {kind} above 0, not {value!r}",
+                         hint=f"e.g. {flag} {10 if whole else 30}") from None
+    return number
+
+
 # ---------------------------------------------------------------- request shapes (pure)
 
 
@@ -459,6 +482,7 @@ def run_smoke(url: str, engine: str, *, prompt: str, max_tokens: int, stream: bo
     import requests
 
     base = base_url(url)
+    timeout = positive("--timeout", timeout)
     request_for(engine, prompt=prompt, max_tokens=max_tokens)  # unknown engine: UsageError before any I/O
     deadline = time.monotonic() + timeout
     with requests.Session() as session:

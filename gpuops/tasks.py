@@ -342,7 +342,8 @@ def gpus(c, json=False, busy_mib=None):  # noqa: A002
         "prompt": "Send this prompt instead of the preset's.",
         "max-tokens": "How many tokens to ask for (default: the preset's, else 64).",
         "stream": "Stream the answer and measure time to first token (default); --no-stream asks for it whole.",
-        "chat": "Use /v1/chat/completions instead of /v1/completions (default: completions).",
+        "chat": "Use /v1/chat/completions (the model's chat template applies) instead of /v1/completions.",
+        "completion": "Use /v1/completions even where gpuops.smoke_chat in invoke.yaml says chat (the default).",
         "model": "Model name to send (default: the first id of GET /v1/models).",
         "url": "Talk to this server (http://HOST:PORT) instead of the running one gpuops started.",
         "server": "Which running server (recipe name) to test (default: the newest running one).",
@@ -353,8 +354,8 @@ def gpus(c, json=False, busy_mib=None):  # noqa: A002
     }
 )
 @edge
-def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False, model=None, url=None,
-          server=None, engine=None, timeout=None, agents_file=None):
+def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False, completion=False, model=None,
+          url=None, server=None, engine=None, timeout=None, agents_file=None):
     """Send one real request to the running server; show the answer, tokens, TTFT and total time.
 
     inv smoke                                  # the blue_sky preset to the running server
@@ -362,14 +363,18 @@ def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False,
     inv smoke --url http://127.0.0.1:8000 --prompt "2+2=" --max-tokens 4 --no-stream
     """
     from gpuops import smoke as sm
-    from gpuops.errors import RequestFailed
+    from gpuops.errors import RequestFailed, UsageError
 
+    if chat and completion:
+        raise UsageError("--chat and --completion contradict each other", hint="pass one of them")
+    use_chat = chat or (not completion and bool(setting(c, "smoke_chat")))
     presets = sm.load_presets(c.config.gpuops.get("smoke_presets"), setting(c, "agents_file", agents_file))
     text, tokens = sm.resolve_preset(presets, preset, prompt, max_tokens)
+    seconds = sm.positive("--timeout", setting(c, "smoke_timeout", timeout))
     target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
     try:
-        result = sm.run_smoke(target.url, target.engine, prompt=text, max_tokens=tokens, stream=stream, chat=chat,
-                              model=model, timeout=float(setting(c, "smoke_timeout", timeout)))
+        result = sm.run_smoke(target.url, target.engine, prompt=text, max_tokens=tokens, stream=stream, chat=use_chat,
+                              model=model, timeout=seconds)
     except RequestFailed as err:
         raise sm.add_log_tail(err, target.log_path) from None
     for line in result.render(text):
@@ -392,7 +397,7 @@ def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False,
 )
 @edge
 def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None, server=None, engine=None,  # noqa: A002
-            settle_timeout=None, duration=None, top=10):
+            settle_timeout=None, duration=None, top=None):
     """Capture a server-side PyTorch profile (optionally under load), list the traces, summarize them.
 
     inv profile --load                        # 25 steps with 4 streaming requests running
@@ -403,16 +408,15 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
 
     from gpuops import profiling
     from gpuops import smoke as sm
-    from gpuops.errors import RequestFailed, UsageError
+    from gpuops.errors import RequestFailed
 
+    # bad numbers first: nothing is asked of the server and no folder is made
+    steps = sm.positive("--num-steps", setting(c, "profile_num_steps", num_steps), whole=True)
+    seconds = sm.positive("--duration", duration) if duration is not None else None
+    settle = sm.positive("--settle-timeout", setting(c, "profile_settle_timeout", settle_timeout))
+    rows = sm.positive("--top", top if top is not None else 10, whole=True)
     target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
     flavour = profiling.flavour_of(target.engine)  # no endpoint: say what to use, before making folders
-    try:
-        steps = int(setting(c, "profile_num_steps", num_steps))
-        seconds = float(duration) if duration is not None else None
-        settle = float(setting(c, "profile_settle_timeout", settle_timeout))
-    except ValueError as err:
-        raise UsageError(f"not a number: {err}", hint="--num-steps 25, --duration 5, --settle-timeout 120") from None
     out = Path(dir) if dir else profiling.new_profile_dir(run_dir(c).profiles)
     rec = target.record
     server_dir = None
@@ -429,7 +433,7 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
         if not dir and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed capture leaves no empty timestamp folder behind
     profiling.summarize(result)
-    for line in profiling.render_result(result, top=int(top)):
+    for line in profiling.render_result(result, top=rows):
         _out(line)
 
 

@@ -74,6 +74,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def _wait_until_exec(pid: int, name: str, limit: float = 5.0) -> None:
+    """`echo ready; exec sleep` prints before the exec: wait until the process has become `name`."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).name() == name:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def holders(device):
     """start(...) -> a real process in its own process group, holding the fake device file open."""
@@ -95,6 +107,7 @@ def holders(device):
                 child_pid = int(line.split()[1])
             if line.strip() == "ready":
                 break
+        _wait_until_exec(proc.pid, "sleep")
         return Holder(proc, child_pid)
 
     yield start

@@ -196,6 +196,14 @@ def test_client_load_of_a_light_client_is_not_client_bound():
     assert metrics.client_load(samples)["client_bound"] is False
 
 
+def test_client_load_leaves_out_the_stop_where_locust_writes_its_reports():
+    samples = [{"worker": 0, "t": t, "cpu": 20.0, "loop_lag_ms": 1.0, "users": 2} for t in range(4)]
+    samples.append({"worker": 0, "t": 4, "cpu": 90.0, "loop_lag_ms": 117.0, "users": 2, "stopping": True})
+    load = metrics.client_load(samples)
+    assert load["client_bound"] is False
+    assert load["workers"][0]["loop_lag_max_ms"] == 1.0 and load["workers"][0]["samples"] == 3
+
+
 def test_time_series_places_tokens_at_their_chunk_times():
     # one request: first token at 0.5 s, then 4 chunks every 0.5 s (tokens at 0.5, 1.0, 1.5, 2.0, 2.5)
     r = _rec(1, 10.0, 500.0, [500.0] * 4, 10)

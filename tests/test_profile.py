@@ -413,3 +413,36 @@ def test_sglang_duration_records_for_that_long_then_stops(scripted, tmp_path):
     assert time.monotonic() - t0 >= 0.5
     assert [c[0] for c in calls] == ["/start_profile", "/stop_profile"]
     assert "num_steps" not in calls[0][1]  # it records until told to stop
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--num-steps", "0"], "--num-steps must be a whole number above 0, not '0'"),
+        (["--num-steps", "2.5"], "--num-steps must be a whole number above 0"),
+        (["--duration", "-1"], "--duration must be a number above 0"),
+        (["--settle-timeout", "later"], "--settle-timeout must be a number above 0, not 'later'"),
+        (["--top", "x"], "--top must be a whole number above 0, not 'x'"),
+    ],
+)
+def test_task_profile_bad_numbers_exit_2_before_any_request(project, args, words):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would fail with exit 7, not 2
+    r = gpuops(project, "profile", "--url", url, "--engine", "demo", *args)
+    assert r.code == 2, r.text
+    assert words in r.err and "Traceback" not in r.text
+    assert not (project.run_dir / "profiles").exists()
+
+
+def test_task_profile_dir_that_is_a_file_is_a_usage_error(project):
+    (project.root / "taken").write_text("not a folder")
+    r = gpuops(project, "profile", "--url", f"http://127.0.0.1:{free_port()}", "--engine", "demo", "--dir", "taken")
+    assert r.code == 2, r.text
+    assert "cannot use taken as the trace folder" in r.err and (project.root / "taken").read_text() == "not a folder"
+
+
+def test_fireworks_engine_without_a_profile_route_says_so(scripted, tmp_path):
+    url = scripted(lambda h: send(h, 404, b'{"detail": "Not Found"}'))
+    with pytest.raises(RequestFailed) as info:
+        profiling.capture(url, "uvicorn", out_dir=tmp_path / "cap", num_steps=2, write=lambda _: None)
+    assert f"the server has no profiler endpoint: GET {url}/profile answered HTTP 404" in info.value.message
+    assert "--engine" in info.value.hint

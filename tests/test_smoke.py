@@ -160,6 +160,22 @@ def test_base_url_accepts_what_users_paste(url, expected):
     assert smoke.base_url(url) == expected
 
 
+@pytest.mark.parametrize(
+    "value,whole,expected",
+    [("2.5", False, 2.5), (30, False, 30.0), ("10", True, 10), (4.0, True, 4), ("1e3", True, 1000)],
+)
+def test_positive_reads_flag_numbers(value, whole, expected):
+    got = smoke.positive("--x", value, whole=whole)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("value,whole", [("abc", False), ("0", False), ("-1", False), ("inf", False),
+                                         ("nan", False), (None, False), (True, True), ("2.5", True), ("", True)])
+def test_positive_rejects_what_is_not_a_number_above_zero(value, whole):
+    with pytest.raises(UsageError, match="--x must be a (whole )?number above 0"):
+        smoke.positive("--x", value, whole=whole)
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://x", "", "http://"])
 def test_base_url_rejects_non_urls(url):
     with pytest.raises(UsageError, match="not a server URL"):
@@ -569,6 +585,8 @@ def test_task_smoke_without_a_running_server_exits_6(project):
         (["--max-tokens", "lots"], "at least 1"),
         (["--url", "localhost:8000"], "not a server URL"),
         (["--url", "http://127.0.0.1:1", "--engine", "tgi"], "no smoke request known for engine 'tgi'"),
+        (["--url", "http://127.0.0.1:1", "--timeout", "soon"], "--timeout must be a number above 0, not 'soon'"),
+        (["--url", "http://127.0.0.1:1", "--timeout", "0"], "--timeout must be a number above 0"),
     ],
 )
 def test_task_smoke_bad_flags_exit_2_before_any_request(project, args, words):
@@ -635,6 +653,16 @@ def test_task_smoke_chat_no_stream_flags(project, demo):
     assert "prompt: Ping?" in r.out and "3 tokens in " in r.out and "not streamed" in r.out
 
 
+def test_task_smoke_chat_from_config_and_completion_flag_overrides_it(project, demo):
+    env = {"PYTHONPATH": repo_pythonpath(), "INVOKE_GPUOPS_SMOKE_CHAT": "1"}  # as `smoke_chat: true` in invoke.yaml
+    args = ("smoke", "--url", demo.url, "--prompt", "Ping?", "--max-tokens", "2")
+    chat = project.gpuops(*args, env=env)
+    plain = project.gpuops(*args, "--completion", env=env)
+    both = project.gpuops(*args, "--chat", "--completion", env=env)
+    assert chat.code == 0 and f"POST {demo.url}/v1/chat/completions " in chat.out, chat.text
+    assert plain.code == 0 and f"POST {demo.url}/v1/completions " in plain.out, plain.text
+    assert both.code == 2 and "--chat and --completion contradict each other" in both.err
+
 def test_task_smoke_uses_presets_from_invoke_yaml(project, demo):
     # as in a repository: tasks.py at the root, invoke.yaml next to it
     (project.root / "tasks.py").write_text("from gpuops.tasks import ns  # noqa: F401\n")
@@ -667,7 +695,6 @@ python -m gpuops.demo --port 8000
 @pytest.mark.parametrize("preset,prompt,tokens", [("agents", "From the agents file.", 3),
                                                   ("hello", "Overridden hello.", 2)])
 def test_task_smoke_uses_presets_from_agents_file_over_config(project, demo, preset, prompt, tokens):
-    pytest.importorskip("gpuops.recipes")
     project.write_agents(AGENTS_WITH_PRESETS)
     r = gpuops(project, "smoke", "--url", demo.url, "--preset", preset)
     assert r.code == 0, r.text
@@ -675,7 +702,6 @@ def test_task_smoke_uses_presets_from_agents_file_over_config(project, demo, pre
 
 
 def test_start_server_runs_the_smoke_test_once_ready(project, port):
-    pytest.importorskip("gpuops.startup")
     project.demo_agents(port, env=f"GPUOPS_DEMO_MODEL={DEMO_MODEL}")
     r = gpuops(project, "start-server", "--no-follow", "--smoke-preset", "hello")
     assert r.code == 0, r.text
@@ -685,7 +711,6 @@ def test_start_server_runs_the_smoke_test_once_ready(project, port):
 
 
 def test_start_server_no_smoke_skips_it(project, port):
-    pytest.importorskip("gpuops.startup")
     project.demo_agents(port)
     r = gpuops(project, "start-server", "--no-follow", "--no-smoke")
     assert r.code == 0, r.text
@@ -694,7 +719,6 @@ def test_start_server_no_smoke_skips_it(project, port):
 
 
 def test_start_server_with_failing_smoke_exits_7(project, port):
-    pytest.importorskip("gpuops.startup")
     project.demo_agents(port, env="GPUOPS_DEMO_ERROR_EVERY=1")
     r = gpuops(project, "start-server", "--no-follow")
     assert r.code == 7, r.text

@@ -10,6 +10,7 @@ Bad input fails in prepare(), before any folder or log is made: flags (exit 2), 
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,24 @@ def _tee(write: Write, log_path: Path) -> tuple[Write, object]:
     return both, log
 
 
+def _stop_on_sigterm():
+    """`kill PID` of a foreground run stops it like Ctrl-C (Locust stopped, partial results kept), instead
+    of ending this process and leaving Locust, in its own session, running on. Returns the restorer."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread: nothing to install
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def run_foreground(p: Prepared, write: Write) -> None:
     """Run here, printing progress and the summary (also into the locust log); raise on a bad outcome."""
     out, log = _tee(write, p.log_path)
+    restore = _stop_on_sigterm()
     try:
         results = runner.execute(p.opts, p.target, p.report_dir, p.log_path, out)
         if results and results[-1].status == "interrupted":
@@ -77,6 +93,7 @@ def run_foreground(p: Prepared, write: Write) -> None:
         if err is not None:
             raise err
     finally:
+        restore()
         log.close()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from http.client import HTTPException
 from urllib.parse import urlsplit
@@ -61,6 +62,7 @@ with open(_plan_path, encoding="utf-8") as _f:
 WORKER = int(os.environ.get(WORKER_ENV, "0"))
 OUT_DIR = PLAN["out_dir"]
 API_PATH = urlsplit(PLAN["url"]).path.rstrip("/") + API_PATHS[PLAN["api"]]
+MODELS_PATH = urlsplit(PLAN["url"]).path.rstrip("/") + "/v1/models"
 BASE_WORDS = prompts.base_words(PLAN["seed"])
 
 
@@ -79,6 +81,8 @@ class _Process:
         self.t0_wall = None
         self.sampler = None
         self.shared_body = None
+        self.stopping = False  # the run is being stopped: its report writing must not count as load
+        self.interrupted = False  # Ctrl-C (SIGINT): Locust writes its HTML report while users still run
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -123,7 +127,8 @@ def _sample_client(environment) -> None:
             runner = environment.runner
             users = runner.user_count if runner is not None else 0
             out.write(json.dumps({"worker": WORKER, "t": time.time(), "cpu": proc.cpu_percent(None),
-                                  "loop_lag_ms": round(worst, 3), "users": users}) + "\n")
+                                  "loop_lag_ms": round(worst, 3), "users": users,
+                                  "stopping": STATE.stopping}) + "\n")
 
 
 def _excerpt(raw: bytes) -> str:
@@ -269,13 +274,27 @@ class LLMUser(User):
         return self._pause
 
     def on_start(self):
-        STATE.start(self.environment)
         self.http = self._client()
         self.headers = {"Content-Type": "application/json",
                         "Accept": "text/event-stream" if PLAN["stream"] else "application/json"}
         key = os.environ.get("OPENAI_API_KEY")
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
+        self._warm_up()
+        STATE.start(self.environment)  # after the warm-up: a --qps schedule starts when users are ready
+
+    def _warm_up(self) -> None:
+        """Open this user's connection with a GET /v1/models before the first measured request.
+
+        Without it the first request of each user also pays the name lookup, the TCP connect and
+        first-call costs in the client (about 30 ms measured on a small machine), which lands in
+        TTFT as a client artifact. A failure here is not one: the real requests report it."""
+        try:
+            resp = self.http.get(MODELS_PATH, headers={k: v for k, v in self.headers.items() if k != "Content-Type"})
+            resp.read()
+        except Exception:  # noqa: BLE001 - only a warm-up; start over with a fresh connection
+            self.http.close()
+            self.http = self._client()
 
     def on_stop(self):
         self.http.close()
@@ -309,6 +328,9 @@ class LLMUser(User):
 
     @task
     def generate(self):
+        if STATE.interrupted:  # no new request once interrupted: wait (interruptibly) to be stopped
+            self._sleep(3600.0)
+            return
         due_perf = None
         if STATE.schedule is not None:
             offset = STATE.schedule.next_due()
@@ -335,13 +357,16 @@ class LLMUser(User):
                       "e2el_ms": (time.perf_counter() - sent_perf) * 1000.0, "itl_ms": [],
                       "output_tokens": None, "prompt_tokens": None, "tokens_from": None, "chunks": 0, "bytes": 0,
                       "_close": True}
-        except GreenletExit:
+        except GreenletExit as stop:
             # stopped mid-request at the end of the run: kept, marked, and left out of the statistics
             record.update(cancelled=True, ok=False, error="cancelled at the end of the run",
                           error_kind="cancelled", end=time.time(),
                           e2el_ms=(time.perf_counter() - sent_perf) * 1000.0)
-            STATE.write(record)
-            raise
+            try:
+                STATE.write(record)
+            except Exception:  # the stop must go through whatever happens: Locust would keep the user running
+                logging.exception("gpuops: could not record a cancelled request")
+            raise stop
         if result.pop("_close", False):
             self.http.close()
             self.http = self._client()
@@ -349,6 +374,12 @@ class LLMUser(User):
             result["prompt_tokens"] = PLAN["prompt_tokens"]  # the server gave no usage: words sent
         record.update(result)
         record["end"] = record["start"] + record["e2el_ms"] / 1000.0
+        if STATE.interrupted:
+            # in flight at Ctrl-C: Locust's report writing stalled this process, so its times are wrong
+            record.update(cancelled=True, ok=False, error="in flight when the run was interrupted",
+                          error_kind="cancelled")
+            STATE.write(record)
+            return
         STATE.write(record)
         self._report(record)
         if record["error_kind"] in ("connect", "client"):
@@ -368,7 +399,32 @@ class LLMUser(User):
                      exception=None, context={})
 
 
+def _interrupt(_signum, _frame):
+    STATE.interrupted = STATE.stopping = True
+    raise KeyboardInterrupt  # what Locust expects: it then writes its reports and quits
+
+
+signal.signal(signal.SIGINT, _interrupt)
+
+
+@events.test_start.add_listener
+def _running(environment, **_kw):
+    STATE.stopping = False  # the web UI can start a new test after a stop
+
+
+@events.test_stopping.add_listener
+def _stopping(environment, **_kw):
+    STATE.stopping = True
+
+
 @events.quitting.add_listener
-def _close_files(environment, **_kw):
+def _quitting(environment, **_kw):
+    STATE.stopping = True
+
+
+@events.quit.add_listener
+def _close_files(**_kw):
+    # `quit`, not `quitting`: Locust fires `quitting` before it stops the users, whose last
+    # (cancelled) records are still to be written
     if STATE._records is not None:
         STATE._records.close()

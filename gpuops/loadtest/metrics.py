@@ -220,7 +220,9 @@ def client_load(samples: list[dict], cpu_bound_pct: float = CPU_BOUND_PCT,
     """Per load-generating process: CPU use and event-loop lag while users ran; whether it was client-bound.
 
     Samples are {"worker", "t", "cpu" (% of one core), "loop_lag_ms" (worst timer overshoot in
-    the interval), "users"}. A process's first sample covers its start-up and is left out.
+    the interval), "users", "stopping"}. A process's first sample covers its start-up and is left
+    out, and so are samples taken while the run was being stopped (Locust then writes its reports,
+    which blocks the loop but delays no measured request).
     """
     by_worker: dict[int, list[dict]] = {}
     for s in sorted(samples, key=lambda s: s["t"]):
@@ -228,7 +230,7 @@ def client_load(samples: list[dict], cpu_bound_pct: float = CPU_BOUND_PCT,
     workers = {}
     reasons = []
     for worker, rows in sorted(by_worker.items()):
-        busy = [s for s in rows[1:] if s.get("users", 0) > 0]
+        busy = [s for s in rows[1:] if s.get("users", 0) > 0 and not s.get("stopping")]
         if not busy:
             continue
         cpu = [s["cpu"] for s in busy]
