@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from gpuops.logs import shown
 from gpuops.state import StateRecord
 from gpuops.watch import Outcome
 
@@ -31,7 +32,7 @@ def ready_banner(record: StateRecord, outcome: Outcome | None, *, gpu_lines: lis
     ]
     if outcome is not None:
         lines.append(f"  ready in   {outcome.elapsed:.2f} s")
-    lines.append(f"  log        {record.log_path}")
+    lines.append(f"  log        {shown(record.log_path)}")
     lines += [f"  gpu        {g}" for g in gpu_lines]
     lines += [f"  model      {m}" for m in model_lines]
     if smoke_line:

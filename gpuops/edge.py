@@ -53,8 +53,50 @@ def edge(fn):
     return wrapper
 
 
+PROJECT_PATHS = ("agents_file", "run_dir")  # relative settings that mean "in the project", not "here"
+
+
 def setting(c, key: str, value=None):
-    """A flag's value if given, else `c.config.gpuops.<key>` (defaults < invoke.yaml < env < flag)."""
+    """A flag's value if given, else `c.config.gpuops.<key>` (defaults < invoke.yaml < env < flag).
+
+    A relative AGENTS.local.md or run folder from the configuration is the project's: when `inv`
+    found tasks.py in a folder above this one, it is taken from there (a flag stays as typed).
+    """
     if value is not None:
         return value
-    return c.config.gpuops.get(key)
+    got = c.config.gpuops.get(key)
+    if key in PROJECT_PATHS and got:
+        root = project_root(c)
+        if root is not None and not os.path.isabs(os.path.expanduser(got)):
+            return os.path.relpath(os.path.join(root, got))
+    return got
+
+
+def project_root(c) -> str | None:
+    """The folder of the tasks.py that `inv` loaded (None for the `gpuops` command and in tests)."""
+    return getattr(c.config, "_project_prefix", None)
+
+
+def number(flag: str, value, *, whole: bool = False, low: float = 0, high: float | None = None,
+           low_ok: bool = False) -> float | int:
+    """A flag's value as a number in range, else UsageError naming the flag (exit 2, no traceback).
+
+    >>> number("--hang-timeout", "2.5"), number("--port", "8000", whole=True, high=65535)
+    (2.5, 8000)
+    """
+    from gpuops.errors import UsageError
+
+    kind = "a whole number" if whole else "a number"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        got = float(value)
+        if whole and got != int(got):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be {kind}, not {value!r}") from None
+    above = got >= low if low_ok else got > low
+    if not above or (high is not None and got > high):
+        bound = f"{'at least' if low_ok else 'above'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+        raise UsageError(f"{flag} must be {kind} {bound}, not {value}")
+    return int(got) if whole else got

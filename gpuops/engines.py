@@ -109,7 +109,7 @@ SIGNATURES: list[tuple[str, str, str | None]] = [
     (r"ModuleNotFoundError: No module named|ImportError: ", "missing Python module",
      "the command runs in the wrong environment: activate the right virtualenv in AGENTS.local.md "
      "(`source .venv/bin/activate && ...`) or install the package"),
-    (r"command not found|No such file or directory", "command or file not found",
+    (r"command not found|exec: .*: not found|No such file or directory", "command or file not found",
      "check the paths in AGENTS.local.md (program, model, working directory)"),
     (r"Engine core initialization failed", "engine failed to start",
      "the real cause is printed above this line in the log (`inv logs`)"),

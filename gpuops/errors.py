@@ -9,6 +9,7 @@
      +-- ServerNotRunning       exit 6: no running server to talk to (smoke, profile, load-test)
      +-- RequestFailed          exit 7: the server answered badly or not at all (smoke, profile)
      +-- RemoteError            exit 8: an SSH host could not be reached or failed
+     +-- Interrupted            exit 130: Ctrl-C, with what was left running and how to go on
 
 Each error's text is what the user reads: what happened, where, and what to do.
 """
@@ -72,3 +73,9 @@ class RequestFailed(GpuopsError):
 
 class RemoteError(GpuopsError):
     exit_code = 8
+
+
+class Interrupted(GpuopsError):
+    """Ctrl-C where it leaves something behind the user must know about (a server still starting)."""
+
+    exit_code = 130

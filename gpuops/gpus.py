@@ -6,6 +6,8 @@
     >>> check_gpus_free(inv, needed, busy_mib=300)                  # raises GpusBusy (exit 5)
     >>> free_gpus(inv, needed, 300, yes=True, confirm=None, timeout=10, release_timeout=30, write=print)
     [41234, 41240]
+    >>> report_release("server", stopped_pids, timeout=30, write=print)   # after stop-server
+    GPU memory released (40000 MiB)
 
 NVML reports PIDs as the driver sees them; psutil says what those PIDs are here. A PID this machine
 cannot see (another container, the host) is kept and marked, never dropped and never signalled.
@@ -67,6 +69,8 @@ class Gpu:
     processes: list[GpuProcess] = field(default_factory=list)
     processes_error: str | None = None  # NVML would not list the processes (e.g. "no permission")
     problem: str | None = None  # the GPU could not be read at all (e.g. "GPU is lost")
+    # UUIDs of its MIG devices ("MIG-..."), for CUDA_VISIBLE_DEVICES; None: MIG on, but NVML would not list them
+    mig_devices: list[str] | None = field(default_factory=list)
 
     def label(self) -> str:
         return f"GPU {self.index} ({self.name}{', MIG' if self.mig else ''})"
@@ -173,8 +177,14 @@ def _read_gpu(nv: Nvml, index: int) -> Gpu:
         mig = nv.mig_enabled(handle)
     except NvmlCallFailed as err:
         return Gpu(index, "?", None, None, None, None, False, problem=err.reason)
+    mig_devices: list[str] | None = []
+    if mig:
+        try:
+            mig_devices = nv.mig_device_uuids(handle)
+        except NvmlCallFailed:
+            mig_devices = None  # CUDA_VISIBLE_DEVICES' MIG entries then count against every MIG GPU
     procs, error = _read_processes(nv, handle)
-    return Gpu(index, name, uuid, used, total, util, mig, procs, processes_error=error)
+    return Gpu(index, name, uuid, used, total, util, mig, procs, processes_error=error, mig_devices=mig_devices)
 
 
 def inventory(nvml: Nvml | None = None) -> Inventory:
@@ -404,6 +414,31 @@ def wait_released(pids: Iterable[int], timeout: float, nvml: Nvml | None = None,
     3.0
     """
     return _wait(list(pids), timeout, nvml, poll)
+
+
+def report_release(name: str, pids: Iterable[int], timeout: float, write: Callable[[str], None],
+                   nvml: Nvml | None = None, poll: float = 0.2) -> None:
+    """After a server's processes are gone: wait until NVML lists none of them and say what that freed.
+    Raises GpusBusy naming what still holds memory; says nothing without a GPU.
+
+    >>> report_release("server", [41234, 41240], timeout=30, write=print)
+    waiting for the GPUs to release the memory of 2 process(es)...
+    GPU memory released (40000 MiB)
+    """
+    pids = list(pids)
+    inv = inventory(nvml)
+    if inv.unavailable:
+        return
+    held = [p for g in inv.gpus for p in g.processes if p.pid in set(pids)]
+    if not held:
+        write(f"no GPU memory was held by '{name}' (NVML lists none of its {len(pids)} process(es))")
+        return
+    write(f"waiting for the GPUs to release the memory of {len(held)} process(es)...")
+    wait_released(pids, timeout, nvml, poll)
+    figures = [p.used_mib for p in held]
+    # per-process memory is n/a on MIG and WDDM: a sum of the known ones would understate it
+    freed = "n/a" if any(m is None for m in figures) else f"{sum(figures):.0f} MiB"
+    write(f"GPU memory released ({freed})")
 
 
 def _wait(pids: list[int], timeout: float, nvml: Nvml | None, poll: float,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from filelock import Timeout
 
 from gpuops import engines, procs, state
 from gpuops.config import RunDir
-from gpuops.errors import GpuopsError, PortInUse, StartupFailed, UsageError
-from gpuops.logs import create_log
+from gpuops.errors import GpuopsError, Interrupted, PortInUse, StartupFailed, UsageError
+from gpuops.logs import create_log, shown
 from gpuops.recipes import ServerRecipe, mask_secrets
 from gpuops.state import TAG_VAR, StateRecord
 from gpuops.watch import HealthProbe, Outcome, wait_until_ready
@@ -141,7 +143,29 @@ def log_header(recipe: ServerRecipe, cwd: Path, ep: Endpoint) -> str:
         f"# recipe: {recipe.path}:{recipe.line}",
     ]
     lines += [f"#   {line}" for line in recipe.display(mask=True).splitlines()]
-    return "\n".join(lines) + "\n# ---- server output ----\n"
+    return "\n".join(lines) + "\n" + OUTPUT_MARK
+
+
+OUTPUT_MARK = "# ---- server output ----\n"
+
+
+def output_offset(log_path: str | Path) -> int:
+    """Where the server's own output starts in a gpuops log (after the header), 0 if unknown."""
+    try:
+        with open(log_path, "rb") as f:
+            head = f.read(64 * 1024)
+    except OSError:
+        return 0
+    at = head.find(OUTPUT_MARK.encode())
+    return at + len(OUTPUT_MARK) if at >= 0 else 0
+
+
+def launch_banner(recipe: ServerRecipe, ep: Endpoint) -> list[str]:
+    """What the terminal shows before the server runs: when, where, and the command (secrets masked)."""
+    where = f"{ep.host}:{ep.port}" if ep.port else ep.host
+    lines = [f"starting '{recipe.name}' at {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}, "
+             f"listening on {where}" + (f", {ep.url}" if ep.url else "")]
+    return lines + [f"  {line}" for line in recipe.display(mask=True).splitlines()]
 
 
 def child_environment(recipe: ServerRecipe, tag: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -238,17 +262,34 @@ def start_server(
     cwd = Path(cwd or os.getcwd())
     engine = engines.detect(recipe.argv, override=engine_name)
     ep = endpoint_of(recipe, engine)
-    lock = state.lock(run_dir, recipe.name, timeout=lock_timeout if lock_timeout is not None else start_timeout)
+    watch = {"hang_timeout": hang_timeout, "start_timeout": start_timeout}
+    # The lock covers deciding and launching, not the watch: a stop-server must get through while a
+    # start is being watched, and a second start in the meantime finds the record and watches too.
+    launched: list[StateRecord] = []  # once set, Ctrl-C leaves a starting server behind: say so
     try:
-        lock.acquire(timeout=0)
-    except Exception:  # filelock.Timeout: another gpuops is starting or stopping this server
-        write(f"another gpuops process is starting or stopping '{recipe.name}'; waiting for it...")
-        try:
-            lock.acquire()
-        except Exception:
-            raise StartupFailed(f"gave up waiting for the other start of '{recipe.name}'",
-                                hint="see `inv status`") from None
-    try:
+        outcome, record = _launch_and_watch(recipe, run_dir, write, stream, cwd, restart, engine, ep,
+                                            stop_timeout, gpu_check, lock_timeout, launched, **watch)
+    except KeyboardInterrupt:
+        if not launched:
+            raise
+        rec = launched[-1]
+        raise Interrupted(
+            f"stopped watching; '{rec.name}' is still starting (pid {rec.pid}, log {shown(rec.log_path)})",
+            hint="`inv start-server` watches it again, `inv stop-server` stops it") from None
+    if isinstance(outcome, Started):
+        return outcome
+    latest = state.load(run_dir, record.name)  # a stop-server meanwhile marks it stopped
+    if latest is not None and latest.pid == record.pid:
+        record = latest
+    return _finish(record, outcome, run_dir, stop_timeout, keep_on_failure)
+
+
+def _launch_and_watch(recipe, run_dir, write, stream, cwd, restart, engine, ep, stop_timeout, gpu_check,
+                      lock_timeout, launched, **watch):
+    """start_server's steps: under the lock, reuse, reattach to or launch the server; then watch it.
+    Returns (Outcome or Started when reused, record); appends the record to `launched` once one runs."""
+    reattach: StateRecord | None = None
+    with _start_lock(run_dir, recipe.name, write, lock_timeout if lock_timeout is not None else 300.0):
         replaced: list[int] = []
         existing = state.load(run_dir, recipe.name)
         if existing and procs.matches(existing.pid, existing.create_time):
@@ -257,44 +298,80 @@ def start_server(
                 report = stop_record(existing, timeout=stop_timeout)
                 write(report.summary())
                 replaced = [v.pid for v in report.report.stopped] if report.report else []
-            elif _healthy(existing) and existing.ready_at:
-                return Started(existing, None, already_running=True, log_path=Path(existing.log_path))
+            elif (existing.ready_at or existing.url) and _healthy(existing):
+                if not existing.ready_at:  # the gpuops that watched its start was interrupted
+                    existing.ready_at = time.time()
+                    state.save(run_dir, existing)
+                return Started(existing, None, already_running=True, log_path=Path(existing.log_path)), existing
+            elif existing.ready_at:
+                raise GpuopsError(
+                    f"'{recipe.name}' is running (pid {existing.pid}) but does not answer its health check "
+                    f"({existing.url}{existing.health_path or '/'})",
+                    hint="`inv logs` shows what it is doing; `inv start-server --restart` replaces it")
             else:
-                write(f"'{recipe.name}' is already starting (pid {existing.pid}); watching it")
-                outcome = wait_until_ready(existing.log_path, engines.ENGINES.get(existing.engine, engine),
-                                           existing.url, exit_code=_exit_code_of(existing.pid, existing.create_time),
-                                           write=stream, hang_timeout=hang_timeout, start_timeout=start_timeout)
-                return _finish(existing, outcome, run_dir, stop_timeout, keep_on_failure)
+                reattach = existing
+                launched.append(existing)
+        if reattach is None:
+            check_paths(recipe, cwd)
+            check_port(ep)
+            gpus = gpu_check(recipe, replaced) if gpu_check else []
+            for line in launch_banner(recipe, ep):
+                write(line)
+            record, proc, header_len = _launch_recorded(recipe, run_dir, cwd, ep, engine, gpus)
+            launched.append(record)
+            write(f"started '{recipe.name}': pid {proc.pid}, log {shown(record.log_path)}")
 
-        check_paths(recipe, cwd)
-        check_port(ep)
-        gpus = gpu_check(recipe, replaced) if gpu_check else []
+    if reattach is not None:
+        record = reattach
+        write(f"'{recipe.name}' is already starting (pid {record.pid}); watching it")
+        exit_code = _exit_code_of(record.pid, record.create_time)
+        offset = output_offset(record.log_path)
+        engine = engines.ENGINES.get(record.engine, engine)
+    else:
+        exit_code, offset = proc.poll, header_len
+    return wait_until_ready(record.log_path, engine, record.url, exit_code=exit_code, write=stream,
+                            offset=offset, **watch), record
 
-        log_path = create_log(run_dir.logs, recipe.name)
-        header = log_header(recipe, recipe_cwd(recipe, cwd), ep)
-        log_path.write_text(header)
-        tag = f"{recipe.name}:{uuid.uuid4().hex[:12]}"
-        proc = launch(recipe, log_path, recipe_cwd(recipe, cwd), tag)
+
+@contextlib.contextmanager
+def _start_lock(run_dir: RunDir, name: str, write: Write, timeout: float):
+    """The per-server lock, saying so when another gpuops holds it; a clear error if it never frees."""
+    lock = state.lock(run_dir, name, timeout=timeout)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another gpuops is starting or stopping this server
+        write(f"another gpuops process is starting or stopping '{name}'; waiting for it...")
         try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.NoSuchProcess:  # it died already; the watch below reports why
-            create_time = 0.0
-        record = StateRecord(
-            name=recipe.name, pid=proc.pid, create_time=create_time, pgid=proc.pid, tag=tag,
-            host=ep.host, port=ep.port, url=ep.url, log_path=str(log_path),
-            command=mask_secrets(recipe.script, recipe.env), cwd=str(recipe_cwd(recipe, cwd)),
-            engine=engine.name, health_path=engine.health_path, gpus=list(gpus),
-        )
-        state.save(run_dir, record)
-        write(f"started '{recipe.name}': pid {proc.pid}, log {log_path}")
-        outcome = wait_until_ready(log_path, engine, ep.url, exit_code=proc.poll, write=stream,
-                                   hang_timeout=hang_timeout, start_timeout=start_timeout,
-                                   offset=len(header.encode()))
-        started = _finish(record, outcome, run_dir, stop_timeout, keep_on_failure)
-        started.log_path = log_path
-        return started
+            lock.acquire()
+        except Timeout:
+            raise GpuopsError(f"gave up after {timeout:.0f} s waiting for another gpuops to start or stop "
+                              f"'{name}'", hint=f"see `inv status`; the lock is {lock.lock_file}") from None
+    try:
+        yield
     finally:
         lock.release()
+
+
+def _launch_recorded(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engine: engines.Engine,
+                     gpus: list[int]) -> tuple[StateRecord, subprocess.Popen, int]:
+    """Create the log, launch, save the state record. Returns (record, process, header length)."""
+    log_path = create_log(run_dir.logs, recipe.name)
+    header = log_header(recipe, recipe_cwd(recipe, cwd), ep)
+    log_path.write_text(header)
+    tag = f"{recipe.name}:{uuid.uuid4().hex[:12]}"
+    proc = launch(recipe, log_path, recipe_cwd(recipe, cwd), tag)
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:  # it died already; the watch reports why
+        create_time = 0.0
+    record = StateRecord(
+        name=recipe.name, pid=proc.pid, create_time=create_time, pgid=proc.pid, tag=tag,
+        host=ep.host, port=ep.port, url=ep.url, log_path=str(log_path.resolve()),  # found from any folder
+        command=mask_secrets(recipe.script, recipe.env), cwd=str(recipe_cwd(recipe, cwd)),
+        engine=engine.name, health_path=engine.health_path, gpus=list(gpus),
+    )
+    state.save(run_dir, record)
+    return record, proc, len(header.encode())
 
 
 def recipe_cwd(recipe: ServerRecipe, cwd: Path) -> Path:
@@ -312,17 +389,24 @@ def _finish(record: StateRecord, outcome: Outcome, run_dir: RunDir, stop_timeout
 
 def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, keep: bool) -> StartupFailed:
     """Explain a failed start; stop a hung or timed-out server unless asked to keep it."""
-    log = record.log_path
+    log = shown(record.log_path)
     cause = outcome.diagnosis
     details = []
     if cause:
         details.append(f"root cause: {cause.line}")
     details += ["last log lines:"] + [f"  {line}" for line in outcome.tail[-15:]]
     if outcome.state == "exited":
+        if record.stopped_at:
+            return StartupFailed(f"server '{record.name}' was stopped (`inv stop-server`) before it was ready",
+                                 hint=f"full log: {log}")
         code = "unknown" if outcome.exit_code == -1 else outcome.exit_code
         what = f"server '{record.name}' exited during start-up (exit code {code}) after {outcome.elapsed:.1f} s"
         if cause:
             what += f": {cause.kind}"
+        # its workers (a vLLM engine core, TP ranks) can outlive it and keep the port or the GPUs
+        leftovers = stop_record(record, timeout=stop_timeout)
+        if leftovers.report and leftovers.report.stopped:
+            what += f"; stopped {len(leftovers.report.stopped)} leftover process(es) of it"
         hint = (cause.hint if cause and cause.hint else "read the log") + f"; full log: {log}"
         return StartupFailed(what, details=details, hint=hint)
     if outcome.state == "hung":
@@ -362,8 +446,8 @@ class Stopped:
         if self.port is not None:
             text += f"; port {self.port} is {'free' if self.port_free else 'STILL IN USE'}"
         if self.log_path:
-            text += f"; log kept: {self.log_path}"
-        return text
+            text += f"; log kept: {shown(self.log_path)}"
+        return "\n".join([text] + [f"  pid {v.pid}: {v.command}" for v in r.stopped])
 
 
 def stop_record(record: StateRecord, *, timeout: float = 10.0) -> Stopped:
@@ -402,12 +486,15 @@ def _wait_port_free(port: int, host: str, timeout: float = 2.0) -> bool:
 
 def stop_server(run_dir: RunDir, name: str, *, timeout: float = 10.0) -> Stopped:
     """Idempotent: a server that is not running is a message, not an error."""
-    with state.lock(run_dir, name, timeout=timeout + 30):
+    with _start_lock(run_dir, name, lambda line: None, timeout + 30):
         record = state.load(run_dir, name)
         if record is None:
             return Stopped(name, None)
-        stopped = stop_record(record, timeout=timeout)
-        return stopped
+        # marked before the first signal: a watcher or follower that sees it exit knows it was asked to
+        if procs.matches(record.pid, record.create_time):
+            record.stopped_at = time.time()
+            state.save(run_dir, record)
+        return stop_record(record, timeout=timeout)
 
 
 def stop_port(port: int, *, timeout: float = 10.0, is_root: bool | None = None) -> Stopped:
@@ -462,7 +549,7 @@ def _tag_of(p: psutil.Process) -> str | None:
 @dataclass
 class ServerStatus:
     name: str
-    state: str  # "ready" | "starting" | "unresponsive" | "exited"
+    state: str  # "ready" | "starting" | "unresponsive" | "exited" (by itself) | "stopped" (by stop-server)
     pid: int
     port: int | None
     url: str | None
@@ -480,9 +567,9 @@ def status(run_dir: RunDir) -> list[ServerStatus]:
     for r in state.all_records(run_dir):
         alive = procs.matches(r.pid, r.create_time)
         if not alive:
-            st = "exited"
-        elif not r.ready_at:
-            st = "starting"
+            st = "stopped" if r.stopped_at else "exited"
+        elif not r.ready_at:  # its watcher may have been interrupted: ask the server itself
+            st = "ready" if r.url and _healthy(r) else "starting"
         else:
             st = "ready" if _healthy(r) else "unresponsive"
         out.append(ServerStatus(r.name, st, r.pid, r.port, r.url, r.uptime if alive else None, r.log_path,
@@ -499,8 +586,8 @@ def format_uptime(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def follow_server(record: StateRecord, write: Write, poll: float = 0.1) -> int | None:
-    """`tail -f` the server's log until Ctrl-C (returns None) or the server exits (returns -1)."""
+def follow_server(record: StateRecord, write: Write, poll: float = 0.1, run_dir: RunDir | None = None) -> int | None:
+    """`tail -f` the server's log until Ctrl-C or `inv stop-server` (returns None); a crash raises."""
     from gpuops.logs import follow
 
     gone = []
@@ -511,10 +598,14 @@ def follow_server(record: StateRecord, write: Write, poll: float = 0.1) -> int |
         return bool(gone)
 
     try:  # the message is inside: Ctrl-C can land the moment it is printed
-        write(f"following {record.log_path} (Ctrl-C stops following; the server keeps running)")
+        write(f"following {shown(record.log_path)} (Ctrl-C stops following; the server keeps running)")
         follow(record.log_path, write, should_stop=exited, poll=poll)
     except KeyboardInterrupt:
         write(f"stopped following; '{record.name}' is still running (pid {record.pid}): `inv stop-server` stops it")
+        return None
+    latest = state.load(run_dir, record.name) if run_dir is not None else None
+    if latest is not None and latest.pid == record.pid and latest.stopped_at:
+        write(f"'{record.name}' was stopped (`inv stop-server`); stopped following")
         return None
     raise StartupFailed(f"server '{record.name}' (pid {record.pid}) exited while being followed",
                         hint=f"read the end of its log: inv logs --name {Path(record.log_path).name}")

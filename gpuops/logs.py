@@ -19,6 +19,15 @@ from pathlib import Path
 LOG_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?\.log$")
 
 
+def shown(path: str | Path) -> str:
+    """A path as the user reads it: relative when it is under the current folder, else absolute."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(p)
+
+
 def create_log(folder: Path, prefix: str, now: float | None = None) -> Path:
     """Create `<prefix>-YYYYMMDD-HHMMSS.log` exclusively (O_EXCL): an existing log is never reused."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,11 +85,24 @@ def tail_lines(path: str | Path, n: int = 50) -> list[str]:
     return list(deque(lines, maxlen=n))
 
 
+_LINE_END = re.compile(rb"\r\n|\n")
+
+
+def _as_shown(raw: bytes) -> str:
+    """What a terminal shows of a line: a progress bar redrawn with `\r` leaves only its last state."""
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    return text.rsplit("\r", 1)[-1]
+
+
 class LogReader:
     """Reads whole new lines appended to a log since the last call (a partial last line waits).
 
     >>> r = LogReader(path); r.read_lines()
     ['INFO:     Started server process [4242]']
+
+    Progress bars (tqdm, model downloads) redraw one line with `\r` and end it with `\n` only
+    when done: `grew` tells that bytes arrived even when no whole line did, and `progress()` is the
+    bar's current state.
     """
 
     def __init__(self, path: str | Path, start_at_end: bool = False, offset: int = 0):
@@ -88,14 +110,22 @@ class LogReader:
         self._f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         self._f.seek(0, os.SEEK_END) if start_at_end else self._f.seek(offset)
         self._partial = b""
+        self.grew = False  # whether the last read_lines() found any new bytes
 
     def read_lines(self) -> list[str]:
         chunk = self._f.read()
+        self.grew = bool(chunk)
         if not chunk:
             return []
         data = self._partial + chunk
-        *whole, self._partial = data.split(b"\n")
-        return [line.decode("utf-8", "replace").rstrip("\r") for line in whole]
+        *whole, self._partial = _LINE_END.split(data)
+        return [_as_shown(line) for line in whole]
+
+    def progress(self) -> str:
+        """The latest `\r`-redraw of the unterminated line ('' when it is no progress bar)."""
+        if b"\r" not in self._partial:
+            return ""
+        return _as_shown(self._partial.rstrip(b"\r"))
 
     def flush_partial(self) -> list[str]:
         """The unterminated last line, if any (at the end of a process's life)."""

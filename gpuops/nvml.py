@@ -49,9 +49,11 @@ _INIT_REASONS = {
 }
 
 # Failed queries -> the words shown in the table, e.g. "(processes: no permission)".
+DRIVER_TOO_OLD = "the NVIDIA driver is too old for this query (upgrade the driver)"
 _CALL_REASONS = {
     "NVMLError_NoPermission": "no permission",
     "NVMLError_NotSupported": "not supported",
+    "NVMLError_FunctionNotFound": DRIVER_TOO_OLD,
     "NVMLError_GpuIsLost": "GPU is lost (fell off the bus: see `dmesg`, the machine may need a reset)",
 }
 
@@ -94,11 +96,19 @@ class Nvml:
         except self._lib.NVMLError:
             pass  # nothing useful to do: the queries are already answered
 
+    @property
+    def _mismatch(self):
+        # pynvml raises this plain Exception (not an NVMLError) when an unversioned call's newest
+        # version is missing from the driver, e.g. the _v3 process queries on drivers before R510.
+        return getattr(self._lib, "NVMLLibraryMismatchError", ())
+
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except self._lib.NVMLError as err:
             raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+        except self._mismatch:
+            raise NvmlCallFailed(DRIVER_TOO_OLD) from None
 
     def _optional(self, fn, *args, **kwargs):
         """A query whose "not supported" (MIG, some boards) means "no value", not an error."""
@@ -156,12 +166,34 @@ class Nvml:
         return bool(modes) and modes[0] == self._lib.NVML_DEVICE_MIG_ENABLE
 
     def processes(self, handle, kind: str) -> list[tuple[int, float | None]]:
-        """[(pid, used MiB or None)] of "compute" or "graphics" processes; NvmlCallFailed if NVML won't say."""
-        fn = {
-            "compute": self._lib.nvmlDeviceGetComputeRunningProcesses,
-            "graphics": self._lib.nvmlDeviceGetGraphicsRunningProcesses,
-        }[kind]
-        return [(int(p.pid), _mib(p.usedGpuMemory)) for p in self._call(fn, handle)]
+        """[(pid, used MiB or None)] of "compute" or "graphics" processes; NvmlCallFailed if NVML won't say.
+        Drivers before R510 lack the _v3 queries pynvml calls by default: then the _v2 ones answer."""
+        lib = self._lib
+        name = {"compute": "nvmlDeviceGetComputeRunningProcesses",
+                "graphics": "nvmlDeviceGetGraphicsRunningProcesses"}[kind]
+        try:
+            entries = getattr(lib, name)(handle)
+        except lib.NVMLError as err:
+            raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+        except self._mismatch:
+            entries = self._call(getattr(lib, f"{name}_v2"), handle)
+        return [(int(p.pid), _mib(p.usedGpuMemory)) for p in entries]
+
+    def mig_device_uuids(self, handle) -> list[str]:
+        """The UUIDs ("MIG-...") of the MIG devices on a MIG-enabled GPU, as CUDA_VISIBLE_DEVICES names them.
+        NvmlCallFailed if NVML will not enumerate them."""
+        lib = self._lib
+        slots = self._call(lib.nvmlDeviceGetMaxMigDeviceCount, handle)
+        uuids = []
+        for i in range(int(slots)):
+            try:
+                mig = lib.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+            except lib.NVMLError_NotFound:
+                continue  # an empty slot: no GPU instance created there
+            except lib.NVMLError as err:
+                raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+            uuids.append(_text(self._call(lib.nvmlDeviceGetUUID, mig)))
+        return uuids
 
 
 def open_nvml(*, device_prefixes: tuple[str, ...] = DEVICE_PREFIXES) -> Nvml:

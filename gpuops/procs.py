@@ -4,12 +4,13 @@
     True
     >>> [o.describe() for o in port_owners(8000)]
     ['pid 41234 (alice): python -m vllm.entrypoints.openai.api_server --port 8000']
-    >>> stop_tree(leader=41234, create_time=..., tag="server:1f2e", timeout=10).stopped
+    >>> stop_processes(server_tree(41234, create_time, pgid=41234, tag="server:1f2e"), pgids=[41234]).stopped
     [Victim(pid=41234, ...), Victim(pid=41240, ...)]
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from gpuops.errors import UsageError
 from gpuops.state import TAG_VAR
 
 CREATE_TIME_SLACK = 0.05  # psutil create_time is derived from clock ticks: allow for rounding
@@ -96,7 +98,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((bind_host, port))
-        except OSError:
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"cannot listen on {host}:{port}: {host} is not an address of this machine",
+                                 hint="use --host 127.0.0.1 (this machine only) or 0.0.0.0 (every interface) "
+                                      "in AGENTS.local.md") from None
             return True
     return False
 

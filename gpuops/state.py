@@ -42,6 +42,7 @@ class StateRecord:
     ready_at: float | None = None
     health_path: str | None = None
     gpus: list[int] = field(default_factory=list)
+    stopped_at: float | None = None  # set by stop-server: an exit then was asked for, not a crash
 
     @property
     def uptime(self) -> float:

@@ -24,6 +24,7 @@ from gpuops.logs import LogReader
 READ_INTERVAL = 0.005  # seconds between log reads while nothing new arrives
 PROBE_INTERVAL = 1.0  # health probe when no ready line has told us to look
 READY_RECHECK = 0.05  # after a ready line whose probe failed, look again this soon
+PROGRESS_INTERVAL = 2.0  # a progress bar redrawn with \r is streamed at most this often
 
 
 @dataclass
@@ -82,6 +83,7 @@ def wait_until_ready(
     probe = HealthProbe(base_url, engine) if base_url and engine.health_path else None
     next_probe = t0 + PROBE_INTERVAL
     ready_line: str | None = None
+    shown_progress, next_progress = "", t0
 
     def result(state: str, code: int | None = None) -> Outcome:
         lines = list(tail)
@@ -99,8 +101,12 @@ def wait_until_ready(
                     if ready_line is None and engine.is_ready_line(line):
                         ready_line = line
                         next_probe = now  # look right away
-                if lines:
+                if reader.grew:  # bytes count as output: a download bar redrawn with \r is not a hang
                     last_output = now
+                    bar = reader.progress()
+                    if bar and bar != shown_progress and now >= next_progress:
+                        write(bar)
+                        shown_progress, next_progress = bar, now + PROGRESS_INTERVAL
 
                 if ready_line is not None and probe is None:
                     return result("ready")

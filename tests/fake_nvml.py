@@ -9,6 +9,9 @@ exactly as it decodes the driver:
 
 A tracked process is listed while the real process lives and for `lag` seconds after it is gone,
 as NVML lists a process until the driver has torn its context down.
+
+`process_api` is the newest process query the driver has: "v3" (R510+), "v2" (e.g. 470 LTS: pynvml's
+default calls then raise NVMLLibraryMismatchError, as pynvml does) or "v1" (neither).
 """
 
 from __future__ import annotations
@@ -46,14 +49,26 @@ class FakeGpu:
     processes: list[FakeProcess] = field(default_factory=list)
     process_error: type | None = None  # an NVMLError class the process queries raise
     lost: bool = False  # the GPU fell off the bus
+    mig_devices: list[str] = field(default_factory=list)  # UUIDs of its MIG devices, in slots 0, 1, ...
+    mig_slots: int = 7  # nvmlDeviceGetMaxMigDeviceCount; slots past the devices are empty
+    mig_list_error: type | None = None  # an NVMLError class nvmlDeviceGetMigDeviceHandleByIndex raises
+
+
+@dataclass
+class FakeMigDevice:
+    """The handle of one MIG device (what nvmlDeviceGetMigDeviceHandleByIndex returns)."""
+
+    uuid: str
+    parent: FakeGpu
 
 
 class FakePynvml:
     """Answers the pynvml calls gpuops makes; anything else (constants, errors) is pynvml's own."""
 
     def __init__(self, gpus=(), *, init_error: type | None = None, lag: float = 0.3, driver: str = "550.54.15",
-                 memory_v2: bool = True):
+                 memory_v2: bool = True, process_api: str = "v3"):
         self.gpus = list(gpus)
+        self.process_api = process_api
         self.init_error = init_error
         self.lag = lag
         self.driver = driver
@@ -137,11 +152,40 @@ class FakePynvml:
         mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig else pynvml.NVML_DEVICE_MIG_DISABLE
         return [mode, mode]
 
+    def nvmlDeviceGetMaxMigDeviceCount(self, gpu):
+        self._session()
+        if gpu.mig is None:
+            raise pynvml.NVMLError_NotSupported()
+        return gpu.mig_slots
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, gpu, index):
+        self._session()
+        if gpu.mig_list_error is not None:
+            raise gpu.mig_list_error()
+        if not gpu.mig or index >= gpu.mig_slots:
+            raise pynvml.NVMLError_InvalidArgument()
+        if index >= len(gpu.mig_devices):
+            raise pynvml.NVMLError_NotFound()
+        return FakeMigDevice(gpu.mig_devices[index], gpu)
+
+    # pynvml's unversioned process queries call _v3 and turn its absence into NVMLLibraryMismatchError.
     def nvmlDeviceGetComputeRunningProcesses(self, gpu):
-        return self._listed(gpu, "compute")
+        return pynvml.throwOnVersionMismatch(self.nvmlDeviceGetComputeRunningProcesses_v3)(gpu)
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, gpu):
-        return self._listed(gpu, "graphics")
+        return pynvml.throwOnVersionMismatch(self.nvmlDeviceGetGraphicsRunningProcesses_v3)(gpu)
+
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, gpu):
+        return self._listed(gpu, "compute", "v3")
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v3(self, gpu):
+        return self._listed(gpu, "graphics", "v3")
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, gpu):
+        return self._listed(gpu, "compute", "v2")
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v2(self, gpu):
+        return self._listed(gpu, "graphics", "v2")
 
     # --- behaviour ---
 
@@ -158,8 +202,10 @@ class FakePynvml:
         gone_at = self._gone_at.setdefault(p.pid, time.monotonic())
         return time.monotonic() - gone_at < self.lag
 
-    def _listed(self, gpu: FakeGpu, kind: str):
+    def _listed(self, gpu: FakeGpu, kind: str, version: str):
         self._session()
+        if version > self.process_api:  # the driver lacks this function: as pynvml's function-pointer lookup
+            raise pynvml.NVMLError_FunctionNotFound()
         if gpu.process_error is not None:
             raise gpu.process_error()
         out = []
@@ -167,8 +213,9 @@ class FakePynvml:
             if kind not in p.kind.split("+") or not self._present(p):
                 continue
             used = NA if p.used_mib is None else int(p.used_mib * MIB)
-            info = pynvml.c_nvmlProcessInfo_t(pid=p.pid, usedGpuMemory=used, gpuInstanceId=NO_INSTANCE,
-                                              computeInstanceId=NO_INSTANCE)
+            struct = pynvml.c_nvmlProcessInfo_v3_t if version == "v3" else pynvml.c_nvmlProcessInfo_v2_t
+            info = struct(pid=p.pid, usedGpuMemory=used, gpuInstanceId=NO_INSTANCE,
+                          computeInstanceId=NO_INSTANCE)
             obj = pynvml.nvmlStructToFriendlyObject(info)
             if obj.usedGpuMemory == NA and not p.raw_na:
                 obj.usedGpuMemory = None  # what nvidia-ml-py does with N/A

@@ -72,6 +72,8 @@ def test_llama_server_readiness_is_judged_by_health_not_models():
         (["ModuleNotFoundError: No module named 'vllm'"], "missing Python module", "No module named"),
         (["RuntimeError: Engine core initialization failed. See root cause above."], "engine failed to start", "Engine core"),
         (["Traceback (most recent call last):", "KeyError: 'rope_scaling'"], "Python exception", "KeyError"),
+        (["bash: line 1: exec: vllmm: not found"], "command or file not found", "vllmm"),  # a shell recipe's typo
+        (["bash: line 1: vllmm: command not found"], "command or file not found", "vllmm"),
     ],
 )
 def test_diagnose_finds_the_root_cause(tail, kind, line_has):

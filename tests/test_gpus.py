@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from conftest import REPO
+from conftest import REPO, free_port
 from gpuops import gpus
 from gpuops.errors import GpusBusy
 from gpuops.gpus import Gpu, GpuProcess, Inventory
@@ -234,6 +234,45 @@ def test_old_driver_without_memory_v2_falls_back_to_v1(device):
     assert gpu.memory_used_mib == 700
 
 
+def test_driver_without_v3_process_queries_is_read_through_v2(holders, device):
+    # 470 LTS and other pre-R510 drivers: pynvml's default call raises NVMLLibraryMismatchError
+    a, b = holders(), holders()
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(a.pid, 4000), FakeProcess(b.pid, 12, kind="graphics")])],
+                      process_api="v2", driver="470.256.02")
+
+    (gpu,) = gpus.inventory(nvml_for(fake, device)).gpus
+
+    assert gpu.processes_error is None
+    assert {(p.pid, p.kind, p.used_mib) for p in gpu.processes} == {(a.pid, "compute", 4000), (b.pid, "graphics", 12)}
+
+
+def test_driver_without_any_process_query_pynvml_knows_says_too_old_per_gpu(device):
+    fake = FakePynvml([FakeGpu(base_mib=5000), FakeGpu()], process_api="v1")
+
+    inv = gpus.inventory(nvml_for(fake, device))
+
+    assert inv.unavailable is None
+    assert all(g.processes == [] and "driver is too old" in g.processes_error for g in inv.gpus)
+    assert inv.gpus[0].memory_used_mib == 5000  # the rest of the GPU still reads
+
+
+def test_inventory_lists_the_mig_devices_of_a_mig_gpu(device):
+    fake = FakePynvml([FakeGpu(), FakeGpu(mig=True, mig_devices=["MIG-11111111-aaaa", "MIG-22222222-bbbb"])])
+
+    plain, mig = gpus.inventory(nvml_for(fake, device)).gpus
+
+    assert plain.mig_devices == []
+    assert mig.mig_devices == ["MIG-11111111-aaaa", "MIG-22222222-bbbb"]  # the 5 empty slots skipped
+
+
+def test_mig_devices_nvml_will_not_list_are_marked_unknown(device):
+    fake = FakePynvml([FakeGpu(mig=True, mig_devices=["MIG-1"], mig_list_error=pynvml.NVMLError_NoPermission)])
+
+    (gpu,) = gpus.inventory(nvml_for(fake, device)).gpus
+
+    assert gpu.mig_devices is None and gpu.problem is None and gpu.mig is True
+
+
 def test_a_lost_gpu_is_reported_and_the_others_still_read(device):
     fake = FakePynvml([FakeGpu(lost=True), FakeGpu(name="NVIDIA L4", total_mib=23034)])
 
@@ -382,6 +421,36 @@ def test_needed_gpus_are_always_distinct_gpus_of_this_machine(visible, argv):
     needed = gpus.needed_gpus(env, argv, four_gpus())
 
     assert len(set(needed)) == len(needed) and set(needed) <= {0, 1, 2, 3}
+
+
+def mig_gpus(unlisted: bool = False) -> Inventory:
+    """GPU 0 plain; GPUs 1 and 2 split into MIG devices (GPU 2's not listable when `unlisted`)."""
+    return Inventory([
+        Gpu(0, "NVIDIA A100", "GPU-aaaa1111", 0, 40960, 0, False),
+        Gpu(1, "NVIDIA A100", "GPU-bbbb2222", 0, 40960, None, True, mig_devices=["MIG-1a1a", "MIG-1b1b"]),
+        Gpu(2, "NVIDIA A100", "GPU-cccc3333", 0, 40960, None, True,
+            mig_devices=None if unlisted else ["MIG-2a2a"]),
+    ], None, "550")
+
+
+@pytest.mark.parametrize(
+    "visible, argv, unlisted, expected",
+    [
+        ("MIG-1b1b", ["x"], False, [1]),  # a MIG device is on its parent GPU
+        ("mig-2A", ["x"], False, [2]),  # a unique prefix, any case
+        ("MIG-2a2a,0", ["x"], False, [2, 0]),
+        ("MIG-1a1a,MIG-1b1b,MIG-2a2a", ["vllm", "serve", "m", "-tp", "2"], False, [1]),  # first 2 devices: GPU 1
+        ("MIG-1a1a,MIG-1b1b,MIG-2a2a", ["llama-server", "--device", "CUDA2"], False, [2]),
+        ("MIG-1,0", ["x"], False, []),  # ambiguous prefix: CUDA stops there
+        ("MIG-1a1a,MIG-1a1a", ["x"], False, [1]),  # a repeat: CUDA stops there
+        ("MIG-9999", ["x"], False, []),  # no such MIG device
+        ("MIG-GPU-bbbb2222/1/0", ["x"], False, [1]),  # R450/R460 form: the parent's UUID inside
+        ("MIG-9999", ["x"], True, [2]),  # unknown, but GPU 2's devices could not be listed: count it
+        ("MIG-1b1b", ["x"], True, [1]),
+    ],
+)
+def test_needed_gpus_maps_mig_devices_to_their_parent_gpu(visible, argv, unlisted, expected):
+    assert gpus.needed_gpus({"CUDA_VISIBLE_DEVICES": visible}, argv, mig_gpus(unlisted)) == expected
 
 
 def test_needed_gpus_without_inventory_trusts_cuda_visible_devices():
@@ -781,6 +850,25 @@ def test_inv_gpus_busy_threshold_comes_from_the_flag(monkeypatch, capsys, holder
     assert "busy" not in out
 
 
+def test_inv_gpus_on_a_470_driver_lists_the_processes(monkeypatch, capsys, holders, device):
+    h = holders()
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(h.pid, 4000)])], process_api="v2", driver="470.256.02")
+
+    text = run_task(monkeypatch, capsys, fake, device)
+
+    assert "internal error" not in text.err and text.out.startswith("NVIDIA driver 470.256.02, 1 GPU")
+    assert str(h.pid) in text.out and "sleep 60" in text.out
+
+
+def test_inv_gpus_on_a_driver_too_old_to_list_processes_says_so_per_gpu(monkeypatch, capsys, device):
+    fake = FakePynvml([FakeGpu(), FakeGpu()], process_api="v1", driver="418.226.00")
+
+    text = run_task(monkeypatch, capsys, fake, device)
+
+    assert "internal error" not in text.err
+    assert text.out.count("(processes: the NVIDIA driver is too old for this query") == 2
+
+
 NO_GPU = gpus.inventory().unavailable
 
 
@@ -883,3 +971,134 @@ def test_stop_names_what_still_holds_gpu_memory_instead_of_reporting_success(mon
 
     assert code == 5, text
     assert str(pid) in text.err and "still" in text.err
+
+
+def test_stop_reports_na_not_zero_when_nvml_cannot_say_how_much_memory_was_freed(monkeypatch, capsys, project,
+                                                                                port, device):
+    project.demo_agents(port)
+    fake = FakePynvml([FakeGpu(mig=True)], lag=0.2)
+    assert run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke") == 0
+    fake.gpus[0].processes.append(FakeProcess(project.record()["pid"], None, track=True))  # MIG: n/a per process
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server")
+    text = capsys.readouterr()
+
+    assert code == 0, text
+    assert "GPU memory released (n/a)" in text.out and "(0 MiB)" not in text.out
+
+
+def test_stop_says_no_gpu_memory_was_held_when_nvml_never_listed_the_server(monkeypatch, capsys, project, port,
+                                                                           device):
+    project.demo_agents(port)
+    fake = FakePynvml([FakeGpu()])  # the demo server touches no GPU
+    assert run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke") == 0
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server")
+    text = capsys.readouterr()
+
+    assert code == 0, text
+    assert "no GPU memory was held by 'server'" in text.out and "released" not in text.out
+
+
+def test_stop_without_gpu_says_nothing_about_gpu_memory(monkeypatch, capsys, project, port, device):
+    project.demo_agents(port)
+    fake = FakePynvml([], init_error=pynvml.NVMLError_DriverNotLoaded)
+    assert run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke") == 0
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server")
+    text = capsys.readouterr()
+
+    assert code == 0, text
+    assert "GPU memory" not in text.out
+
+
+def two_demo_servers(project) -> None:
+    """AGENTS.local.md with servers 'alpha' and 'beta' (stop --all takes them in that order)."""
+    blocks = [f"## Server: {name}\n\n```bash\nGPUOPS_DEMO_LOAD_SECONDS=0.3 {sys.executable} -m gpuops.demo "
+              f"--port {free_port()}\n```\n" for name in ("alpha", "beta")]
+    project.write_agents("\n".join(blocks))
+
+
+def start_both(monkeypatch, project, fake, device) -> tuple[int, int]:
+    for name in ("alpha", "beta"):
+        assert run_inv(monkeypatch, project, fake, device, "start-server", "--server", name, "--no-follow",
+                       "--no-smoke") == 0
+    return project.record("alpha")["pid"], project.record("beta")["pid"]
+
+
+def test_stop_all_stops_every_server_even_when_the_first_keeps_its_gpu_memory(monkeypatch, capsys, project,
+                                                                              device):
+    two_demo_servers(project)
+    fake = FakePynvml([FakeGpu()], lag=0.2)
+    alpha, beta = start_both(monkeypatch, project, fake, device)
+    fake.gpus[0].processes += [FakeProcess(alpha, 20000),  # NVML keeps listing alpha: never torn down
+                               FakeProcess(beta, 8000, track=True)]
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server", "--all")
+    text = capsys.readouterr()
+
+    assert code == 5, text
+    assert gone(alpha) and gone(beta)
+    assert "stopped 'beta'" in text.out and "GPU memory released (8000 MiB)" in text.out
+    assert f"pid {alpha} (20000 MiB)" in text.err and "GPU memory still held" in text.err
+
+
+def test_stop_all_names_every_problem_with_the_first_ones_exit_code(monkeypatch, capsys, project, device,
+                                                                    stranger):
+    two_demo_servers(project)
+    fake = FakePynvml([FakeGpu()])
+    alpha, beta = start_both(monkeypatch, project, fake, device)
+    # alpha's port is taken over by a stranger (what an orphan left on the port looks like after the stop)
+    taken = free_port()
+    stranger(taken)
+    path = project.run_dir / "state" / "alpha.json"
+    path.write_text(json.dumps({**project.record("alpha"), "port": taken}))
+    fake.gpus[0].processes.append(FakeProcess(beta, 8000))  # and beta's memory is never released
+    capsys.readouterr()
+
+    code = run_inv(monkeypatch, project, fake, device, "stop-server", "--all")
+    text = capsys.readouterr()
+
+    assert code == 1, text  # the port problem (exit 1) came first, the GPU one (exit 5) second
+    assert gone(alpha) and gone(beta)
+    assert "2 problems while stopping 'alpha', 'beta'" in text.err
+    assert f"'alpha': port {taken} is still in use after stopping 'alpha'" in text.err
+    assert "'beta': GPU memory still held" in text.err and f"pid {beta} (8000 MiB)" in text.err
+
+
+def test_start_checks_the_parent_gpu_of_a_mig_device_in_cuda_visible_devices(monkeypatch, capsys, project, port,
+                                                                              holders, device):
+    stranger = holders()
+    fake = FakePynvml([FakeGpu(), FakeGpu(mig=True, utilization=None, mig_devices=["MIG-5c9d0e1f-0000", "MIG-77"],
+                                          processes=[FakeProcess(stranger.pid, 30000)])])
+    project.demo_agents(port, env="CUDA_VISIBLE_DEVICES=MIG-5c9d0e1f-0000")
+
+    code = run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke")
+    text = capsys.readouterr()
+
+    assert code == 5, text
+    assert "needed GPUs busy (GPU 1)" in text.err and str(stranger.pid) in text.err
+    assert not (project.run_dir / "state" / "server.json").exists()
+
+
+def test_kill_gpu_procs_sigkills_after_the_stop_timeout_flag_not_the_config(monkeypatch, capsys, project, port,
+                                                                           holders, device):
+    project.demo_agents(port)
+    stubborn = holders(ignore_term=True)
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(stubborn.pid, 30000, track=True)])], lag=0.05)
+    monkeypatch.setenv("INVOKE_GPUOPS_STOP_TIMEOUT", "60")
+
+    t0 = time.monotonic()
+    code = run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke",
+                   "--kill-gpu-procs", "--yes", "--stop-timeout", "0.5")
+    elapsed = time.monotonic() - t0
+    text = capsys.readouterr()
+
+    assert code == 0, text
+    assert gone(stubborn.pid) and "1 needed SIGKILL" in text.out
+    assert elapsed < 40  # not the 60 s of the config (a wide margin: this checks which timeout, not speed)
+    run_inv(monkeypatch, project, fake, device, "stop-server")

@@ -222,7 +222,7 @@ def test_stop_port_stops_orphans_listening_there(project, port, stranger):
     assert wait_for(lambda: orphan.poll() is not None, timeout=5)
 
 
-def test_status_shows_ready_then_exited(project, port):
+def test_status_shows_ready_then_stopped(project, port):
     project.demo_agents(port)
     assert project.gpuops(*START).code == 0
     r = project.gpuops("status", "--json")
@@ -235,7 +235,7 @@ def test_status_shows_ready_then_exited(project, port):
     assert "\u2026" not in table.out  # a narrow terminal folds the URL and log path, never cuts them short
     project.gpuops("stop-server")
     [s] = json.loads(project.gpuops("status", "--json").out)
-    assert s["state"] == "exited" and s["uptime"] is None
+    assert s["state"] == "stopped" and s["uptime"] is None  # asked for, unlike a crash ("exited")
 
 
 def test_logs_are_never_overwritten_and_listed_newest_last(project, port):
@@ -318,6 +318,108 @@ def test_secrets_are_masked_in_the_terminal_and_the_log(project, port):
     assert "HF_TOKEN=" in log
 
 
+def test_start_shows_when_where_and_the_command_with_env_as_exports_before_it_runs(project, port):
+    project.demo_agents(port, env="HF_TOKEN=hf_supersecretvalue")
+    r = project.gpuops(*START)
+    assert r.code == 0, r.text
+    before = r.out.split("started 'server'")[0]  # printed before launch: a crash still shows it
+    assert f"listening on 127.0.0.1:{port}, http://127.0.0.1:{port}" in before
+    assert "export GPUOPS_DEMO_LOAD_SECONDS=0.3" in before and "-m gpuops.demo --port" in before
+    assert "export HF_TOKEN=" in before and "hf_supersecretvalue" not in r.text
+
+
+def test_crash_that_leaves_its_workers_behind_stops_them_too(project, port):
+    # like a vLLM API server dying while its engine core keeps the port and the GPUs
+    project.demo_agents(port, env="GPUOPS_DEMO_FAULT=crash_oom GPUOPS_DEMO_WORKERS=1 GPUOPS_DEMO_ORPHAN_WORKER=1 "
+                                  "GPUOPS_DEMO_ABANDON_WORKERS=1")
+    r = project.gpuops(*START, "--stop-timeout", "2")
+    assert r.code == 3, r.text
+    assert "stopped 2 leftover process(es)" in r.err
+    assert tagged_pids(project.record()["tag"]) == set()
+
+
+def test_stop_goes_through_while_a_start_is_being_watched(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_FAULT=hang")
+    starting = project.spawn(*START, "--hang-timeout", "120")
+    for line in starting.stdout:
+        if "started 'server'" in line:
+            break
+    stop = project.gpuops("stop-server", "--timeout", "2", timeout=30)
+    assert stop.code == 0, stop.text
+    assert "stopped 'server'" in stop.out
+    out, _ = starting.communicate(timeout=30)
+    assert starting.returncode == 3
+    assert "was stopped (`inv stop-server`) before it was ready" in out
+    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "stopped"
+
+
+def test_ctrl_c_while_starting_says_it_is_still_starting_and_a_new_start_picks_it_up(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_LOAD_SECONDS=2")
+    starting = project.spawn(*START)
+    for line in starting.stdout:
+        if "started 'server'" in line:
+            break
+    starting.send_signal(signal.SIGINT)
+    out, _ = starting.communicate(timeout=20)
+    assert starting.returncode == 130, out
+    assert "still starting" in out and "`inv start-server` watches it again" in out
+    pid = project.record()["pid"]
+    again = project.gpuops(*START)
+    assert again.code == 0, again.text
+    assert project.record()["pid"] == pid  # the same server, watched to ready, not a second one
+    assert "# gpuops server" not in again.out  # the log header is not replayed
+    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "ready"
+
+
+def test_status_asks_a_server_whose_start_was_not_watched_to_the_end(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_LOAD_SECONDS=0.5")
+    starting = project.spawn(*START)
+    for line in starting.stdout:
+        if "started 'server'" in line:
+            break
+    starting.send_signal(signal.SIGINT)
+    starting.communicate(timeout=20)
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok if _answers(port) else False)
+    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "ready"
+
+
+def _answers(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def test_following_ends_quietly_when_the_server_is_stopped(project, port):
+    project.demo_agents(port)
+    follower = project.spawn("start-server", "--no-smoke")
+    for line in follower.stdout:
+        if "following" in line:
+            break
+    assert project.gpuops("stop-server").code == 0
+    out, _ = follower.communicate(timeout=20)
+    assert follower.returncode == 0, out
+    assert "was stopped (`inv stop-server`); stopped following" in out
+
+
+def test_a_host_that_is_not_this_machine_is_named_not_called_a_busy_port(project, port):
+    project.demo_agents(port, args="--host 192.0.2.1")  # TEST-NET-1: never an address of this machine
+    r = project.gpuops(*START)
+    assert r.code == 2, r.text
+    assert "192.0.2.1 is not an address of this machine" in r.err
+    assert "already in use" not in r.err
+
+
+def test_stop_reports_each_process_it_stopped(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_WORKERS=1")
+    assert project.gpuops(*START).code == 0
+    rec = project.record()
+    wait_for(lambda: len(tagged_pids(rec["tag"])) >= 2)
+    r = project.gpuops("stop-server")
+    assert r.code == 0, r.text
+    assert f"pid {rec['pid']}: " in r.out and "gpuops.demo.worker" in r.out
+
+
 def test_inline_env_reaches_the_server_environment(project, port):
     project.demo_agents(port, env='GPUOPS_DEMO_MODEL="model with spaces"')
     assert project.gpuops(*START).code == 0
@@ -333,3 +435,65 @@ def test_every_lifecycle_flag_has_help(project, flag):
         for line in r.out.splitlines():
             if line.strip().startswith("-") and "--" in line:
                 assert len(line.split(None, 1)) == 2 and line.split("  ")[-1].strip(), f"{name}: {line}"
+
+
+def test_stop_still_works_when_agents_file_is_broken(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    pid = project.record()["pid"]
+    project.write_agents("## Server\n\n```bash\npython -m x --port 1 \\\n```\n")  # a dangling \
+    r = project.gpuops("stop-server")
+    assert r.code == 0, r.text
+    assert "stopping the running server 'server'" in r.out and "stopped 'server'" in r.out
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_inv_from_a_subfolder_finds_the_project_files(project, port):
+    project.demo_agents(port)
+    (project.root / "tasks.py").write_text("from gpuops.tasks import ns  # noqa: F401\n")
+    sub = project.root / "docs"
+    sub.mkdir()
+
+    def inv(*args):
+        p = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=sub, capture_output=True, text=True,
+                           timeout=60, env=project.env, stdin=subprocess.DEVNULL)
+        return p.returncode, p.stdout + p.stderr
+
+    code, out = inv(*START)
+    assert code == 0, out
+    assert (project.run_dir / "state" / "server.json").exists()  # the project's run folder, not docs/'s
+    assert not (sub / "do_not_commit").exists()
+    code, out = inv("status", "--json")
+    assert json.loads(out)[0]["state"] == "ready"
+    code, out = inv("stop-server")
+    assert code == 0 and "stopped 'server'" in out
+
+
+@pytest.mark.parametrize("args, flag", [
+    (("logs", "--lines", "abc"), "--lines"),
+    (("stop-server", "--port", "abc"), "--port"),
+    (("stop-server", "--port", "70000"), "--port"),
+    (("start-server", "--no-follow", "--hang-timeout", "abc"), "--hang-timeout"),
+    (("start-server", "--no-follow", "--stop-timeout", "-1"), "--stop-timeout"),
+])
+def test_bad_numbers_are_usage_errors_naming_the_flag(project, port, args, flag):
+    project.demo_agents(port)
+    r = project.gpuops(*args)
+    assert r.code == 2, r.text
+    assert f"error: {flag} must be" in r.err
+    assert "Traceback" not in r.text and "internal error" not in r.text
+    assert not (project.run_dir / "state" / "server.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
+def test_server_outlives_gpuops_killed_while_following(project, port, sig):
+    # a closed terminal (SIGHUP) or a killed inv must not take the server with it
+    project.demo_agents(port)
+    follower = project.spawn("start-server", "--no-smoke")
+    for line in follower.stdout:
+        if "following" in line:
+            break
+    follower.send_signal(sig)
+    follower.wait(timeout=10)
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    assert psutil.Process(project.record()["pid"]).status() != psutil.STATUS_ZOMBIE

@@ -41,3 +41,15 @@ def test_reader_returns_whole_lines_and_holds_a_partial_one(tmp_path):
         w.flush()
         assert r.read_lines() == []
         assert r.flush_partial() == ["tail without newline"]
+
+
+def test_reader_shows_a_carriage_return_redrawn_line_as_a_terminal_would(tmp_path):
+    p = tmp_path / "bar.log"
+    p.write_bytes(b"\r 10%|#     |\r 50%|###   |")
+    r = LogReader(p)
+    assert r.read_lines() == [] and r.grew and r.progress() == " 50%|###   |"
+    with open(p, "ab") as f:
+        f.write(b"\r100%|######|\r\nnext\n")
+    assert r.read_lines() == ["100%|######|", "next"]
+    assert r.read_lines() == [] and not r.grew
+    r.close()

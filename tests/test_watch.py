@@ -109,3 +109,26 @@ def test_ready_line_is_confirmed_by_health_before_ready(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_progress_bar_redrawn_with_carriage_returns_is_output_not_a_hang(tmp_path):
+    # a model download: tqdm redraws one line with \r for minutes and ends it with \n only when done
+    proc, log = run_script(tmp_path, """
+        import sys, time
+        for i in range(30):
+            sys.stdout.write(f"\\rDownloading model.safetensors: {i * 100 // 29}%"); sys.stdout.flush()
+            time.sleep(0.1)
+        print(); print("Starting httpd at 127.0.0.1 on port 8080...")
+        time.sleep(30)
+    """)
+    try:
+        lines = []
+        out = wait_until_ready(log, ENGINES["mlx_lm"], None, exit_code=proc.poll, write=lines.append,
+                               hang_timeout=1.0)
+        assert out.state == "ready"
+        assert lines[0].startswith("Downloading model.safetensors:")  # the bar is shown while it runs
+        assert "Downloading model.safetensors: 100%" in lines  # and its final state as one line
+        assert len(lines) < 10  # redraws are throttled, not one line per \r
+    finally:
+        proc.kill()
+        proc.wait()

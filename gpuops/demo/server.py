@@ -71,9 +71,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         run_plan(load_plan(settings.model, settings.load_seconds, settings.fault, settings.host, settings.port),
                  console)
         if settings.fault == "crash_oom":
-            pool.stop()  # first, so the traceback is the last thing in the log, as when vLLM dies
+            if not settings.abandon_workers:
+                pool.stop()  # first, so the traceback is the last thing in the log, as when vLLM dies
             sys.stderr.write(OOM_TRACEBACK)
             sys.stderr.flush()
+            if settings.abandon_workers:
+                os._exit(1)  # no clean-up at all: the workers live on, holding what they hold
             return 1
         if settings.fault == "hang":
             hang_forever()

@@ -39,6 +39,7 @@ class Settings:
     fault: str = "none"
     workers: int = 0
     orphan_worker: bool = False
+    abandon_workers: bool = False
     error_every: int = 0
     no_stream_support: bool = False
     profile_delay: float = 2.0
@@ -113,6 +114,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("orphan_worker", "--orphan-worker", "GPUOPS_DEMO_ORPHAN_WORKER", _boolean,
            "also spawn one worker that leaves the process group (os.setsid), like a re-parented scheduler",
            switch=True),
+    Option("abandon_workers", "--abandon-workers", "GPUOPS_DEMO_ABANDON_WORKERS", _boolean,
+           "with crash_oom: die without stopping the workers, like a vLLM API server whose engine core "
+           "outlives it", switch=True),
     Option("error_every", "--error-every", "GPUOPS_DEMO_ERROR_EVERY", _number(int, 0),
            "answer every Nth generation request with HTTP 500 (default 0: never)", metavar="N"),
     Option("no_stream_support", "--no-stream-support", "GPUOPS_DEMO_NO_STREAM", _boolean,
