@@ -5,7 +5,7 @@
 1. ready latency: the server prints its ready line (time recorded by the server itself) -> gpuops'
    wait_until_ready returns; against `until curl -sf URL/health; do sleep POLL; done`.
 2. stop latency: the last server process exits (time recorded by the process just before it exits)
-   -> gpuops' stop returns; against `kill PID; while kill -0 PID; do sleep 1; done`.
+   -> gpuops' stop returns (stop_record: what `inv stop-server` runs, tag scan and port check included); against `kill PID; while kill -0 PID; do sleep 1; done`.
 3. CPU while waiting: CPU seconds gpuops uses per wall second while a server loads (% of one core).
 """
 
@@ -26,6 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from gpuops import procs  # noqa: E402
 from gpuops.engines import ENGINES  # noqa: E402
+from gpuops.lifecycle import stop_record  # noqa: E402
+from gpuops.state import StateRecord  # noqa: E402
 from gpuops.watch import wait_until_ready  # noqa: E402
 
 
@@ -88,11 +90,16 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def gpuops_stop(tmp: Path) -> float:
+    """The path `inv stop-server` takes: group, descendants and a scan for tagged processes, then the port check."""
     proc, log, mark, port = start_fake(tmp, 0.05)
     read_mark(Path(str(mark) + ".ready"))
-    target = procs.server_tree(proc.pid, procs.psutil.Process(proc.pid).create_time(), proc.pid, None)
-    procs.stop_processes(target, pgids=[proc.pid], timeout=10)
+    record = StateRecord(name="bench", pid=proc.pid, create_time=procs.psutil.Process(proc.pid).create_time(),
+                         pgid=proc.pid, tag=f"bench:{port}", host="127.0.0.1", port=port,
+                         url=f"http://127.0.0.1:{port}", log_path=str(log), command="fake_server.py", cwd=str(tmp),
+                         engine="uvicorn")
+    stopped = stop_record(record, timeout=10)
     done = time.time()
+    assert stopped.port_free and stopped.report.stopped
     return done - read_mark(Path(str(mark) + ".exit"))
 
 

@@ -267,8 +267,9 @@ def start_server(
     # start is being watched, and a second start in the meantime finds the record and watches too.
     launched: list[StateRecord] = []  # once set, Ctrl-C leaves a starting server behind: say so
     try:
-        outcome, record = _launch_and_watch(recipe, run_dir, write, stream, cwd, restart, engine, ep,
-                                            stop_timeout, gpu_check, lock_timeout, launched, **watch)
+        outcome, record = _launch_and_watch(recipe, run_dir, write=write, stream=stream, cwd=cwd, restart=restart,
+                                            engine=engine, ep=ep, stop_timeout=stop_timeout, gpu_check=gpu_check,
+                                            lock_timeout=lock_timeout, launched=launched, **watch)
     except KeyboardInterrupt:
         if not launched:
             raise
@@ -284,8 +285,9 @@ def start_server(
     return _finish(record, outcome, run_dir, stop_timeout, keep_on_failure)
 
 
-def _launch_and_watch(recipe, run_dir, write, stream, cwd, restart, engine, ep, stop_timeout, gpu_check,
-                      lock_timeout, launched, **watch):
+def _launch_and_watch(recipe: ServerRecipe, run_dir: RunDir, *, write: Write, stream: Write, cwd: Path,
+                      restart: bool, engine: engines.Engine, ep: Endpoint, stop_timeout: float, gpu_check,
+                      lock_timeout: float | None, launched: list[StateRecord], **watch):
     """start_server's steps: under the lock, reuse, reattach to or launch the server; then watch it.
     Returns (Outcome or Started when reused, record); appends the record to `launched` once one runs."""
     reattach: StateRecord | None = None
