@@ -29,6 +29,15 @@ def tagged_pids(tag: str) -> set[int]:
     return found
 
 
+def spawn_until(project, marker: str, *args: str):
+    """Start gpuops in the background and read its output until a line contains `marker`."""
+    proc = project.spawn(*args)
+    for line in proc.stdout:
+        if marker in line:
+            break
+    return proc
+
+
 def test_start_reports_ready_with_pid_url_and_log(project, port):
     project.demo_agents(port)
     r = project.gpuops(*START)
@@ -340,10 +349,7 @@ def test_crash_that_leaves_its_workers_behind_stops_them_too(project, port):
 
 def test_stop_goes_through_while_a_start_is_being_watched(project, port):
     project.demo_agents(port, env="GPUOPS_DEMO_FAULT=hang")
-    starting = project.spawn(*START, "--hang-timeout", "120")
-    for line in starting.stdout:
-        if "started 'server'" in line:
-            break
+    starting = spawn_until(project, "started 'server'", *START, "--hang-timeout", "120")
     stop = project.gpuops("stop-server", "--timeout", "2", timeout=30)
     assert stop.code == 0, stop.text
     assert "stopped 'server'" in stop.out
@@ -355,10 +361,7 @@ def test_stop_goes_through_while_a_start_is_being_watched(project, port):
 
 def test_ctrl_c_while_starting_says_it_is_still_starting_and_a_new_start_picks_it_up(project, port):
     project.demo_agents(port, env="GPUOPS_DEMO_LOAD_SECONDS=2")
-    starting = project.spawn(*START)
-    for line in starting.stdout:
-        if "started 'server'" in line:
-            break
+    starting = spawn_until(project, "started 'server'", *START)
     starting.send_signal(signal.SIGINT)
     out, _ = starting.communicate(timeout=20)
     assert starting.returncode == 130, out
@@ -373,13 +376,11 @@ def test_ctrl_c_while_starting_says_it_is_still_starting_and_a_new_start_picks_i
 
 def test_status_asks_a_server_whose_start_was_not_watched_to_the_end(project, port):
     project.demo_agents(port, env="GPUOPS_DEMO_LOAD_SECONDS=0.5")
-    starting = project.spawn(*START)
-    for line in starting.stdout:
-        if "started 'server'" in line:
-            break
+    starting = spawn_until(project, "started 'server'", *START)
     starting.send_signal(signal.SIGINT)
     starting.communicate(timeout=20)
-    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok if _answers(port) else False)
+    assert wait_for(lambda: _answers(port))
+    assert "ready_at" not in project.record() or not project.record()["ready_at"]  # nobody watched it to ready
     assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "ready"
 
 
@@ -392,10 +393,7 @@ def _answers(port: int) -> bool:
 
 def test_following_ends_quietly_when_the_server_is_stopped(project, port):
     project.demo_agents(port)
-    follower = project.spawn("start-server", "--no-smoke")
-    for line in follower.stdout:
-        if "following" in line:
-            break
+    follower = spawn_until(project, "following", "start-server", "--no-smoke")
     assert project.gpuops("stop-server").code == 0
     out, _ = follower.communicate(timeout=20)
     assert follower.returncode == 0, out
@@ -489,10 +487,7 @@ def test_bad_numbers_are_usage_errors_naming_the_flag(project, port, args, flag)
 def test_server_outlives_gpuops_killed_while_following(project, port, sig):
     # a closed terminal (SIGHUP) or a killed inv must not take the server with it
     project.demo_agents(port)
-    follower = project.spawn("start-server", "--no-smoke")
-    for line in follower.stdout:
-        if "following" in line:
-            break
+    follower = spawn_until(project, "following", "start-server", "--no-smoke")
     follower.send_signal(sig)
     follower.wait(timeout=10)
     assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
