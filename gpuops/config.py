@@ -29,6 +29,7 @@ DEFAULTS: dict = {
     "smoke_chat": False,  # smoke via /v1/chat/completions (--chat / --completion override it)
     "profile_num_steps": 25,  # steps a profile records (10 suits decode-only servers)
     "profile_settle_timeout": 120.0,  # how long to wait for trace files to appear and stop growing
+    "profile_quiet_seconds": 5.0,  # trace sizes unchanged this long = written; per-worker files can start seconds apart
 }
 
 

@@ -79,7 +79,7 @@ def project_root(c) -> str | None:
 
 def number(flag: str, value, *, whole: bool = False, low: float = 0, high: float | None = None,
            low_ok: bool = False) -> float | int:
-    """A flag's value as a number in range, else UsageError naming the flag (exit 2, no traceback).
+    """A flag's value as a finite number in range, else UsageError naming the flag (exit 2, no traceback).
 
     >>> number("--hang-timeout", "2.5"), number("--port", "8000", whole=True, high=65535)
     (2.5, 8000)
@@ -87,16 +87,16 @@ def number(flag: str, value, *, whole: bool = False, low: float = 0, high: float
     from gpuops.errors import UsageError
 
     kind = "a whole number" if whole else "a number"
+    bound = f"{'at least' if low_ok else 'above'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
     try:
         if isinstance(value, bool):
             raise ValueError
         got = float(value)
-        if whole and got != int(got):
+        if whole and not got.is_integer():  # also refuses inf and nan
             raise ValueError
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} must be {kind}, not {value!r}") from None
-    above = got >= low if low_ok else got > low
-    if not above or (high is not None and got > high):
-        bound = f"{'at least' if low_ok else 'above'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
-        raise UsageError(f"{flag} must be {kind} {bound}, not {value}")
+        if not (got >= low if low_ok else got > low) or got == float("inf") or (high is not None and got > high):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{flag} must be {kind} {bound}, not {value!r}",
+                         hint=f"e.g. {flag} {10 if whole else 30}") from None
     return int(got) if whole else got

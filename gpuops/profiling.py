@@ -38,10 +38,11 @@ DEFAULT_NUM_STEPS = 25
 DEFAULT_SETTLE_TIMEOUT = 120.0
 DEFAULT_CAPTURE_SECONDS = 10.0  # vLLM without --load or --duration: how long requests may flow
 STEP_WAIT_LIMIT = 120.0  # vLLM with --load: longest wait for --num-steps decode steps
-QUIET_SECONDS = 2.0  # trace sizes unchanged this long = the writer is done
+QUIET_SECONDS = 5.0  # trace sizes unchanged this long = the writer is done (gpuops.profile_quiet_seconds);
+# per-worker files of one capture can start seconds apart: a short wait would leave the late ones out
 STOP_TIMEOUT = 1800.0  # /stop_profile flushes the trace; vLLM docs mention minutes for big models
 CONTROL_TIMEOUT = 60.0  # start-profile calls
-MAX_SUMMARY_BYTES = 512 * 2**20  # bigger captures are listed but not parsed (json.load holds it all in memory)
+MAX_SUMMARY_BYTES = 512 * 2**20  # more JSON (uncompressed) is listed but not parsed: json.load holds it all
 LOAD_STREAMS = 4
 LOAD_MAX_TOKENS = 256
 LOAD_PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
@@ -95,11 +96,17 @@ def flavour_of(engine: str) -> str:
     raise UsageError(f"no profiler endpoint known for engine '{engine}'", hint=UNKNOWN_ENGINE_ADVICE)
 
 
-def vllm_enable_hint(suggested_dir: str) -> str:
+def vllm_enable_hint(suggested_dir: str | Path) -> str:
+    """What to add to a vLLM command; `suggested_dir` should be absolute (no shell variable survives
+    the single quotes around the JSON)."""
+    import shlex
+
+    folder = str(suggested_dir)
+    config = json.dumps({"profiler": "torch", "torch_profiler_dir": folder})
     return (
         "vLLM serves /start_profile only when started with profiling enabled. Add to the command in "
-        f"AGENTS.local.md either `VLLM_TORCH_PROFILER_DIR={suggested_dir}` in front (vLLM < 0.13) or "
-        f"`--profiler-config '{{\"profiler\": \"torch\", \"torch_profiler_dir\": \"{suggested_dir}\"}}'` "
+        f"AGENTS.local.md either `VLLM_TORCH_PROFILER_DIR={shlex.quote(folder)}` in front (vLLM < 0.13) or "
+        f"`--profiler-config {shlex.quote(config)}` "
         "(vLLM >= 0.13), then `inv start-server --restart`. Flushing big traces can take minutes: "
         "also set VLLM_RPC_TIMEOUT=1800000."
     )
@@ -381,7 +388,9 @@ class BackgroundLoad:
                     with self._lock:
                         self._active[i] = resp
                     if resp.status_code >= 400:
-                        self._error(f"HTTP {resp.status_code}: {resp.text[:150]}")
+                        from gpuops.smoke import response_message
+
+                        self._error(f"HTTP {resp.status_code}: {response_message(resp, 150)}")
                         self._stop.wait(0.5)
                         continue
                     parser = StreamParser()
@@ -469,6 +478,9 @@ class ProfileResult:
     notes: list[str] = field(default_factory=list)
 
 
+DEFAULT_SUGGESTED_DIR = Path("do_not_commit") / "vllm_traces"
+
+
 def _control(method: str, url: str, *, timeout: float, what: str, **kwargs):
     """One profiler control call; transport failures become RequestFailed naming the call."""
     import requests
@@ -485,10 +497,12 @@ def _control(method: str, url: str, *, timeout: float, what: str, **kwargs):
                             hint="is the server running? `inv status`, `inv logs`; or check --url") from None
 
 
-def _check(resp, method: str, url: str, flavour: str, suggested_dir: str) -> None:
+def _check(resp, method: str, url: str, flavour: str, suggested_dir: str | Path, log_shown: bool = False) -> None:
     if resp.status_code < 400:
         return
-    body = " ".join(resp.text[:400].split())
+    from gpuops.smoke import log_pointer, response_message
+
+    body = response_message(resp, 400)
     if flavour == "vllm" and (resp.status_code in (404, 405) or "not enabled" in body.lower()):
         raise RequestFailed(f"vLLM at {url.rsplit('/', 1)[0]} was not started with profiling enabled "
                             f"({method} {url} answered HTTP {resp.status_code})", hint=vllm_enable_hint(suggested_dir))
@@ -497,7 +511,7 @@ def _check(resp, method: str, url: str, flavour: str, suggested_dir: str) -> Non
                             hint=f"is it really a {FLAVOUR_TITLES[flavour]} server? pass the right --engine; "
                                  + UNKNOWN_ENGINE_ADVICE)
     raise RequestFailed(f"profile failed: {method} {url} answered HTTP {resp.status_code}: {body}",
-                        hint="see the server log below (`inv logs`)")
+                        hint=f"the profiler failed on the server: {log_pointer(log_shown)}")
 
 
 def _wait_capture(load: BackgroundLoad | None, num_steps: int, duration: float | None, write: Write) -> None:
@@ -519,10 +533,14 @@ def _wait_capture(load: BackgroundLoad | None, num_steps: int, duration: float |
 
 def capture(url: str, engine: str, *, out_dir: Path, num_steps: int = DEFAULT_NUM_STEPS, with_stack: bool = False,
             load: bool = False, duration: float | None = None, settle_timeout: float = DEFAULT_SETTLE_TIMEOUT,
-            write: Write = print, server_dir: Path | None = None, quiet: float = QUIET_SECONDS) -> ProfileResult:
+            write: Write = print, server_dir: Path | None = None, quiet: float = QUIET_SECONDS,
+            suggest_dir: Path | None = None, log_shown: bool = False) -> ProfileResult:
     """Record a profile of the server at `url` into `out_dir` and return what came back (not yet summarized).
 
     `server_dir` is where a vLLM server writes traces (see server_profiler_dir); None: unknown.
+    `quiet`: seconds the new files' sizes must stay unchanged before they count as written.
+    `suggest_dir`: the folder a vLLM started without profiling is told to use (default
+    ./do_not_commit/vllm_traces, made absolute). `log_shown`: the caller adds the server's log to a failure.
     """
     from gpuops.smoke import base_url, fetch_model
 
@@ -556,7 +574,9 @@ def capture(url: str, engine: str, *, out_dir: Path, num_steps: int = DEFAULT_NU
     try:
         if flavour == "vllm":
             _capture_vllm(result, bg, num_steps=num_steps, duration=duration, settle_timeout=settle_timeout,
-                          server_dir=server_dir, write=write, quiet=quiet)
+                          server_dir=server_dir, write=write, quiet=quiet,
+                          suggested=server_dir or (suggest_dir or DEFAULT_SUGGESTED_DIR).absolute(),
+                          log_shown=log_shown)
         else:
             watch_dir = out_dir
             before = set(snapshot(watch_dir))
@@ -564,14 +584,14 @@ def capture(url: str, engine: str, *, out_dir: Path, num_steps: int = DEFAULT_NU
                 params = {"dir": str(out_dir), "num_steps": num_steps, "with_stack": str(with_stack).lower()}
                 resp = _control("GET", f"{base}/profile", params=params, timeout=max(settle_timeout, CONTROL_TIMEOUT),
                                 what="starting the capture")
-                _check(resp, "GET", f"{base}/profile", flavour, "")
+                _check(resp, "GET", f"{base}/profile", flavour, "", log_shown)
             else:
                 body = {"output_dir": str(out_dir), "activities": ["CPU", "GPU"], "with_stack": with_stack}
                 if duration is None:
                     body["num_steps"] = num_steps  # SGLang stops by itself after num_steps
                 resp = _control("POST", f"{base}/start_profile", json=body,
                                 timeout=max(settle_timeout, CONTROL_TIMEOUT), what="starting the capture")
-                _check(resp, "POST", f"{base}/start_profile", flavour, "")
+                _check(resp, "POST", f"{base}/start_profile", flavour, "", log_shown)
                 if duration is not None:
                     write(f"recording for {duration:g} s...")
                     time.sleep(duration)
@@ -609,12 +629,12 @@ def _stop_sglang(base: str, write: Write) -> None:
 
 
 def _capture_vllm(result: ProfileResult, bg: BackgroundLoad | None, *, num_steps: int, duration: float | None,
-                  settle_timeout: float, server_dir: Path | None, write: Write, quiet: float) -> None:
+                  settle_timeout: float, server_dir: Path | None, write: Write, quiet: float,
+                  suggested: Path, log_shown: bool = False) -> None:
     base = result.url
-    suggested = "$PWD/do_not_commit/vllm_traces" if server_dir is None else str(server_dir)
     before = set(snapshot(server_dir)) if server_dir else set()
     resp = _control("POST", f"{base}/start_profile", timeout=CONTROL_TIMEOUT, what="starting the profiler")
-    _check(resp, "POST", f"{base}/start_profile", "vllm", suggested)
+    _check(resp, "POST", f"{base}/start_profile", "vllm", suggested, log_shown)
     stopped = False
     try:
         _wait_capture(bg, num_steps, duration, write)
@@ -623,7 +643,7 @@ def _capture_vllm(result: ProfileResult, bg: BackgroundLoad | None, *, num_steps
         write("stopping the profiler: vLLM writes the traces now (minutes for big models)...")
         stopped = True
         resp = _control("POST", f"{base}/stop_profile", timeout=STOP_TIMEOUT, what="flushing the traces")
-        _check(resp, "POST", f"{base}/stop_profile", "vllm", suggested)
+        _check(resp, "POST", f"{base}/stop_profile", "vllm", suggested, log_shown)
     finally:
         if not stopped:  # interrupted while recording: never leave the server profiling
             try:
@@ -652,12 +672,13 @@ def summarize(result: ProfileResult, max_bytes: int = MAX_SUMMARY_BYTES) -> None
     from gpuops import traces
 
     paths = [p for p, _ in result.files if traces_like(p)]
-    total = sum(size for p, size in result.files if traces_like(p))
     if not paths:
         result.notes.append("no .json / .json.gz trace among the files: nothing to summarize")
         return
+    total = sum(json_bytes(p, size) for p, size in result.files if traces_like(p))
     if total > max_bytes:
-        result.notes.append(f"traces total {format_size(total)}: too big to summarize here; open them in Perfetto")
+        result.notes.append(f"traces hold {format_size(total)} of JSON (uncompressed): too big to summarize here; "
+                            "open them in Perfetto")
         return
     summary = traces.TraceSummary()
     for p in paths:
@@ -666,6 +687,16 @@ def summarize(result: ProfileResult, max_bytes: int = MAX_SUMMARY_BYTES) -> None
         except GpuopsError as err:
             result.unreadable.append(err.message)
     result.summary = summary if summary.files else None
+
+
+def json_bytes(path: Path, size: int) -> int:
+    """How much JSON parsing a trace file means: a .json.gz holds 10-20x its size on disk."""
+    from gpuops import traces
+
+    try:
+        return traces.decompressed_size(path)
+    except OSError:
+        return size
 
 
 def traces_like(path: Path) -> bool:

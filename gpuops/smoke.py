@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gpuops.errors import GpuopsError, RequestFailed, UsageError
+from gpuops.edge import number
+from gpuops.errors import GpuopsError, RequestFailed, ServerNotRunning, UsageError
 
 OPENAI_ENGINES = frozenset({"openai", "demo", "uvicorn", "vllm", "sglang", "llama.cpp", "mlx_lm", "generic"})
 STATS_ENGINES = frozenset({"comfyui"})
@@ -49,6 +50,7 @@ def resolve_preset(presets: dict, name: str | None, prompt: str | None,
     No --preset and no --prompt means the blue_sky preset (or the first one, if blue_sky was removed).
     """
     preset: dict = {}
+    chosen = None
     if name is not None or prompt is None:
         chosen = name if name is not None else (DEFAULT_PRESET if DEFAULT_PRESET in presets else next(iter(presets), None))
         if chosen is None:
@@ -73,6 +75,7 @@ def resolve_preset(presets: dict, name: str | None, prompt: str | None,
     if not final_prompt.strip():
         raise UsageError("the smoke prompt is empty", hint="pass --prompt with some text")
     final_max = max_tokens if max_tokens is not None else preset.get("max_tokens", DEFAULT_MAX_TOKENS)
+    source = "--max-tokens" if max_tokens is not None else f"smoke preset '{chosen}': max_tokens"
     try:
         if isinstance(final_max, bool) or isinstance(final_max, float) and not final_max.is_integer():
             raise ValueError
@@ -80,32 +83,10 @@ def resolve_preset(presets: dict, name: str | None, prompt: str | None,
         if final_max < 1:
             raise ValueError
     except (TypeError, ValueError):
-        raise UsageError(f"max_tokens must be a whole number of at least 1, not {final_max!r}",
-                         hint="e.g. --max-tokens 64") from None
+        raise UsageError(f"{source} must be a whole number of at least 1, not {final_max!r}",
+                         hint="e.g. --max-tokens 64" if max_tokens is not None
+                         else 'give it "max_tokens": 64, or pass --max-tokens') from None
     return final_prompt, final_max
-
-
-def positive(flag: str, value, *, whole: bool = False) -> float | int:
-    """A flag's value as a number above zero, or UsageError naming the flag.
-
-    >>> positive("--timeout", "2.5"), positive("--num-steps", "10", whole=True)
-    (2.5, 10)
-    """
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = float(value)
-        if whole:
-            if not number.is_integer():
-                raise ValueError
-            number = int(number)
-        if not number > 0 or number == float("inf"):
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        kind = "a whole number" if whole else "a number"
-        raise UsageError(f"{flag} must be {kind} above 0, not {value!r}",
-                         hint=f"e.g. {flag} {10 if whole else 30}") from None
-    return number
 
 
 # ---------------------------------------------------------------- request shapes (pure)
@@ -263,8 +244,15 @@ def parse_whole(data) -> tuple[str, str, int | None, str | None, str | None]:
     return text, reasoning, tokens, choices[0].get("finish_reason"), data.get("model")
 
 
-def http_error_hint(status: int, message: str, req: SmokeRequest) -> str:
-    """What to try after an HTTP error, by status and what the server said."""
+def log_pointer(log_shown: bool) -> str:
+    """Where the server's own account is: in the log lines that follow, or `inv logs` / its console."""
+    return "its log below shows why (`inv logs` for more)" if log_shown else \
+        "its log says why (`inv logs` for a server gpuops started)"
+
+
+def http_error_hint(status: int, message: str, req: SmokeRequest, *, log_shown: bool = False) -> str:
+    """What to try after an HTTP error, by status and what the server said (log_shown: the server's
+    last log lines come with the error)."""
     low = message.lower()
     if status == 404 and "model" in low:
         return "the model name is wrong: pass --model with an id from GET /v1/models"
@@ -279,7 +267,7 @@ def http_error_hint(status: int, message: str, req: SmokeRequest) -> str:
         return "the server rejected the request: see its message; try a smaller --max-tokens, or with/without --chat"
     if status in (429, 503):
         return "the server is busy or still loading: wait a little and retry (`inv status`)"
-    return "the server failed while answering: its log below shows why (`inv logs` for more)"
+    return f"the server failed while answering: {log_pointer(log_shown)}"
 
 
 # ---------------------------------------------------------------- result
@@ -404,6 +392,16 @@ HUNG_HINT = "the server accepted the connection but did not answer: it may be hu
             "--timeout waits longer"
 
 
+def response_message(resp, limit: int = 300) -> str:
+    """The message of an error response: the `message`/`detail` of a JSON body, else the body, on one line."""
+    body = resp.text[:4000]
+    try:
+        message = error_message(json.loads(body)) or body
+    except ValueError:
+        message = body
+    return " ".join(message.split())[:limit] or resp.reason or ""
+
+
 def _get_json(session, url: str, timeout: float, purpose: str = "smoke test"):
     """GET and decode JSON; (status, data) with data None when the body is not JSON."""
     import requests
@@ -473,16 +471,17 @@ def _smoke_comfyui(base: str, timeout: float, session) -> SmokeResult:
 
 def run_smoke(url: str, engine: str, *, prompt: str, max_tokens: int, stream: bool = True, chat: bool = False,
               model: str | None = None, timeout: float = 60.0,
-              on_text: Callable[[str], None] | None = None) -> SmokeResult:
+              on_text: Callable[[str], None] | None = None, log_shown: bool = False) -> SmokeResult:
     """Send one real request and measure it; RequestFailed (exit 7) when the server does not answer well.
 
     TTFT is the time from just before sending to the first chunk with text; `timeout` bounds the
     whole exchange (model lookup included). `on_text` receives the text as it streams in.
+    `log_shown`: the caller adds the server's log lines to a failure (the hints then point at them).
     """
     import requests
 
     base = base_url(url)
-    timeout = positive("--timeout", timeout)
+    timeout = number("--timeout", timeout)
     request_for(engine, prompt=prompt, max_tokens=max_tokens)  # unknown engine: UsageError before any I/O
     deadline = time.monotonic() + timeout
     with requests.Session() as session:
@@ -502,14 +501,9 @@ def run_smoke(url: str, engine: str, *, prompt: str, max_tokens: int, stream: bo
             raise _fail("POST", target, err, hint=DOWN_HINT, timeout=left) from None
         with resp:
             if resp.status_code >= 400:
-                body = resp.text[:2000]
-                try:
-                    message = error_message(json.loads(body)) or body
-                except ValueError:
-                    message = body
-                message = " ".join(message.split())[:300] or resp.reason or ""
+                message = response_message(resp)
                 raise RequestFailed(f"smoke test failed: POST {target} answered HTTP {resp.status_code}: {message}",
-                                    hint=http_error_hint(resp.status_code, message, req))
+                                    hint=http_error_hint(resp.status_code, message, req, log_shown=log_shown))
             try:
                 if req.stream:
                     result = _read_stream(resp, t0, deadline, on_text)
@@ -525,11 +519,11 @@ def run_smoke(url: str, engine: str, *, prompt: str, max_tokens: int, stream: bo
                                     hint="--timeout waits longer; a smaller --max-tokens finishes sooner") from None
             except MalformedAnswer as err:
                 raise RequestFailed(f"smoke test failed: malformed answer from {target}: {err}",
-                                    hint="is this an OpenAI-compatible server? check --url and --engine, "
-                                         "or try --no-stream") from None
+                                    hint="is this an OpenAI-compatible server? check --url and --engine"
+                                         + (", or try --no-stream" if req.stream else "")) from None
             except ServerReportedError as err:
                 raise RequestFailed(f"smoke test failed: {target} reported an error while answering: {err}",
-                                    hint="see the server log below") from None
+                                    hint=f"the engine failed on this request: {log_pointer(log_shown)}") from None
     result.url, result.engine, result.endpoint, result.stream = base, engine, req.path, req.stream
     result.model = result.model or model
     if not result.text and not result.reasoning:
@@ -616,7 +610,64 @@ class Target:
     url: str
     engine: str
     log_path: str | None = None
-    record: object | None = None  # state.StateRecord when gpuops started it
+    record: object | None = None  # state.StateRecord of the live server, when gpuops started it
+    note: str | None = None  # said with a failure: e.g. that the server gpuops started at this URL has exited
+
+
+def with_server_log(err: GpuopsError, target: Target) -> GpuopsError:
+    """A failed request's error with what gpuops knows of the server: the note, then its last log lines."""
+    if target.note:
+        err.details.append(target.note)
+    return add_log_tail(err, target.log_path)
+
+
+def _started(rec) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.started_at))
+
+
+def _start_command(name: str) -> str:
+    return "inv start-server" + (f" --server {name}" if name != "server" else "")
+
+
+def not_running_error(rec) -> GpuopsError:
+    """ServerNotRunning (exit 6) for a server gpuops started whose process is gone: stopped on request,
+    or exited by itself (a crash, kill -9, OOM killer), then with its last log lines, which say why."""
+    if getattr(rec, "stopped_at", None):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.stopped_at))
+        return ServerNotRunning(f"server '{rec.name}' is not running: it was stopped at {when} (`inv stop-server`)",
+                                hint=f"start it again with `{_start_command(rec.name)}`, "
+                                     "or pass --url http://HOST:PORT")
+    where = f" at {rec.url}" if rec.url else ""
+    err = ServerNotRunning(f"server '{rec.name}' (pid {rec.pid}) has exited: gpuops started it{where} at "
+                           f"{_started(rec)}, and it is no longer running",
+                           hint=f"its last log lines say why; start it again with `{_start_command(rec.name)}`")
+    return add_log_tail(err, rec.log_path)
+
+
+def find_record(run_dir, name: str | None = None):
+    """The state record of a live server (by name, else the newest live one).
+
+    No live one: ServerNotRunning (exit 6); when gpuops started the named (or newest) server and its
+    process is gone, the error says so, with the server's last log lines.
+    """
+    from gpuops import procs, state
+
+    records = [r for r in state.all_records(run_dir) if name is None or r.name == name]
+    live = [r for r in records if procs.matches(r.pid, r.create_time)]
+    if live:
+        return max(live, key=lambda r: r.started_at)
+    if not records:
+        return state.find_running(run_dir, name)  # never started: its "no running server" error
+    raise not_running_error(max(records, key=lambda r: r.started_at))
+
+
+def _same_url(rec, base: str) -> bool:
+    if not rec.url:
+        return False
+    try:
+        return base_url(rec.url) == base
+    except UsageError:
+        return False
 
 
 def find_target(run_dir, *, url: str | None = None, server: str | None = None,
@@ -624,21 +675,90 @@ def find_target(run_dir, *, url: str | None = None, server: str | None = None,
     """`--url` (engine "openai" unless --engine), else the running server's state record.
 
     A --url that is a server gpuops started still finds its record: the log tail and the process
-    (vLLM's profiler folder) come from it.
+    (vLLM's profiler folder) come from it. If that server has exited, its log still comes with a
+    failure, so a refused connection shows why the server is gone.
     """
-    from gpuops import state
+    from gpuops import procs, state
 
     if url:
         base = base_url(url)
-        for rec in state.all_records(run_dir):
-            if rec.url and base_url(rec.url) == base:
-                from gpuops.procs import matches
-
-                if matches(rec.pid, rec.create_time):
-                    return Target(base, engine or rec.engine, rec.log_path, rec)
+        same = sorted((r for r in state.all_records(run_dir) if _same_url(r, base)), key=lambda r: r.started_at)
+        live = [r for r in same if procs.matches(r.pid, r.create_time)]
+        if live:
+            return Target(base, engine or live[-1].engine, live[-1].log_path, live[-1])
+        if same:
+            rec = same[-1]
+            state_word = "was stopped" if getattr(rec, "stopped_at", None) else "has exited"
+            return Target(base, engine or rec.engine, rec.log_path,
+                          note=f"server '{rec.name}' (pid {rec.pid}), which gpuops started at this URL at "
+                               f"{_started(rec)}, {state_word}")
         return Target(base, engine or "openai")
-    rec = state.find_running(run_dir, server)
+    rec = find_record(run_dir, server)
     if not rec.url:
         raise UsageError(f"server '{rec.name}' has no URL (its command names no port)",
                          hint="pass --url http://HOST:PORT")
     return Target(rec.url, engine or rec.engine, rec.log_path, rec)
+
+
+# ---------------------------------------------------------------- start-server's automatic smoke test
+
+
+@dataclass(frozen=True)
+class SmokePlan:
+    """What start-server's smoke test will send, settled (and checked) before the server starts.
+
+    >>> plan_smoke(DEFAULTS["smoke_presets"], "hello")
+    SmokePlan(prompt='Say hello in one short sentence.', max_tokens=16, chat=False, timeout=60.0)
+    """
+
+    prompt: str
+    max_tokens: int
+    chat: bool = False
+    timeout: float = 60.0
+
+
+def plan_smoke(presets: dict, preset: str | None, *, chat: bool = False, timeout=60.0) -> SmokePlan:
+    """UsageError (exit 2) for an unknown preset or a bad gpuops.smoke_timeout: before anything starts."""
+    prompt, max_tokens = resolve_preset(presets, preset, None, None)
+    try:
+        seconds = number("gpuops.smoke_timeout", timeout)
+    except UsageError as err:
+        err.hint = "set gpuops.smoke_timeout to a number of seconds (invoke.yaml, or INVOKE_GPUOPS_SMOKE_TIMEOUT)"
+        raise
+    return SmokePlan(prompt, max_tokens, chat=bool(chat), timeout=float(seconds))
+
+
+BANNER_EXCERPT = 110  # characters of a failure shown in the ready banner; the full error follows it
+
+
+def failure_line(err: GpuopsError, url: str | None = None) -> str:
+    """The banner's one line for a failed smoke test; the banner names the URL, the error below the rest.
+
+    >>> failure_line(RequestFailed("smoke test failed: POST http://h:1/v1/completions answered HTTP 500: boom"),
+    ...              "http://h:1")
+    'FAILED: POST /v1/completions answered HTTP 500: boom (details below)'
+    """
+    text = err.message.removeprefix("smoke test failed: ")
+    if url:
+        text = text.replace(base_url(url), "")
+    if len(text) > BANNER_EXCERPT:
+        text = text[: BANNER_EXCERPT - 1].rstrip() + "…"
+    return f"FAILED: {text} (details below)"
+
+
+def auto_smoke(plan: SmokePlan, record) -> tuple[str, GpuopsError | None]:
+    """Run the planned smoke test against a server that just became ready: (banner line, error or None).
+
+    The error, when there is one, carries the server's last log lines; the caller shows the banner,
+    then raises it (exit 7).
+    """
+    if not record.url:
+        return "skipped (the server's command names no port)", None
+    try:
+        result = run_smoke(record.url, record.engine, prompt=plan.prompt, max_tokens=plan.max_tokens,
+                           chat=plan.chat, timeout=plan.timeout, log_shown=bool(record.log_path))
+    except RequestFailed as err:
+        return failure_line(err, record.url), add_log_tail(err, record.log_path)
+    except GpuopsError as err:  # e.g. an engine smoke has no request for: nothing in the log explains it
+        return failure_line(err, record.url), err
+    return result.summary(), None

@@ -2,7 +2,7 @@
 
     >>> s = summarize_files([Path("generator-0-0.1763.pt.trace.json"), Path("rank0.pt.trace.json.gz")])
     >>> for line in format_summary(s, top=3): print(line)
-    trace summary: 2 files, 25 steps (mean 16.10 ms), window 412.30 ms, GPU busy 71%
+    trace summary: 25 steps x 2 files (mean 16.10 ms), window 412.30 ms, GPU busy 71%
     top GPU kernels by total time (share of all GPU time):
        41.2%   120.50 ms    300  sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_...
     ...
@@ -11,13 +11,17 @@
 The shape is what `torch.profiler` (Kineto) writes: `{"traceEvents": [...]}` (or a bare list), with
 complete events (`"ph": "X"`, `ts`/`dur` in microseconds) whose `cat` says what they are: `cpu_op`,
 `user_annotation` (ProfilerStep#N), `cuda_runtime`, `kernel`, `gpu_memcpy`, `gpu_memset`, ...
-Everything here is pure except `load_trace` and `summarize_files`, which read files.
+Kineto marks each step twice: `user_annotation` on the CPU thread and `gpu_user_annotation` on the
+stream; a step counts once. Each file is one process or rank recording the same steps, so steps are
+reported per file ("25 steps x 2 files"), not added up. Everything here is pure except `load_trace`,
+`decompressed_size` and `summarize_files`, which read files.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +37,10 @@ MEMSET_CATS = frozenset({"gpu_memset", "memset"})
 GPU_CATS = KERNEL_CATS | MEMCPY_CATS | MEMSET_CATS
 STEP_PREFIX = "ProfilerStep#"  # torch.profiler's schedule marks each step with this annotation
 
+STEP_CAT = "user_annotation"  # the CPU-side step marks; `gpu_user_annotation` repeats them on the GPU
+
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MIN_RATIO = 4  # JSON traces compress 10-20x: assume at least this much (ISIZE wraps at 4 GiB)
 
 
 @dataclass
@@ -65,7 +72,7 @@ class TraceSummary:
     window_us: float = 0.0  # longest span covered by one file's complete events
     busy_us: float = 0.0  # GPU time covered by at least one kernel/memcpy/memset, summed over files
     busy_window_us: float = 0.0  # the windows of the files that have GPU events, summed
-    steps: int = 0
+    step_counts: list[int] = field(default_factory=list)  # ProfilerStep#N marks, one entry per file
     step_us: float = 0.0  # summed duration of the ProfilerStep#N annotations
     ops: dict[str, OpStat] = field(default_factory=dict)
     gpu: dict[str, OpStat] = field(default_factory=dict)
@@ -75,11 +82,21 @@ class TraceSummary:
         self.window_us = max(self.window_us, other.window_us)
         self.busy_us += other.busy_us
         self.busy_window_us += other.busy_window_us
-        self.steps += other.steps
+        self.step_counts += other.step_counts
         self.step_us += other.step_us
         for mine, theirs in ((self.ops, other.ops), (self.gpu, other.gpu)):
             for name, stat in theirs.items():
                 mine.setdefault(name, OpStat()).add(stat)
+
+    @property
+    def steps(self) -> int:
+        """Steps the capture recorded: every file (process, rank) records the same ones, so the most of any file."""
+        return max(self.step_counts, default=0)
+
+    @property
+    def step_mean_us(self) -> float | None:
+        marks = sum(self.step_counts)
+        return self.step_us / marks if marks else None
 
     @property
     def gpu_busy(self) -> float | None:
@@ -173,9 +190,20 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _step_durations(steps: list[tuple[str, float]]) -> list[float]:
+    """One duration per step: the CPU `user_annotation` marks; traces without them (other exporters,
+    old torch) fall back to the non-GPU marks, then to any."""
+    for keep in (lambda c: c == STEP_CAT, lambda c: not c.startswith("gpu"), lambda c: True):
+        chosen = [dur for cat, dur in steps if keep(cat)]
+        if chosen:
+            return chosen
+    return []
+
+
 def summarize_events(events: Iterable[dict]) -> TraceSummary:
     """The summary of one trace's events (one file: one process or rank)."""
     summary = TraceSummary(files=1)
+    steps: list[tuple[str, float]] = []  # (cat, dur) of each ProfilerStep#N mark
     threads: dict[tuple, list[tuple[float, float, str]]] = {}
     gpu_intervals: dict[object, list[tuple[float, float]]] = {}
     first, last = None, None
@@ -190,8 +218,7 @@ def summarize_events(events: Iterable[dict]) -> TraceSummary:
         first = ts if first is None else min(first, ts)
         last = ts + dur if last is None else max(last, ts + dur)
         if name.startswith(STEP_PREFIX):
-            summary.steps += 1
-            summary.step_us += dur
+            steps.append((cat, dur))
         elif cat in CPU_OP_CATS:
             threads.setdefault((ev.get("pid"), ev.get("tid")), []).append((ts, dur, name))
         elif cat in GPU_CATS:
@@ -202,6 +229,9 @@ def summarize_events(events: Iterable[dict]) -> TraceSummary:
             args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
             device = args.get("device", ev.get("pid"))
             gpu_intervals.setdefault(device, []).append((ts, ts + dur))
+    durations = _step_durations(steps)
+    summary.step_counts = [len(durations)]
+    summary.step_us = sum(durations)
     for ops in threads.values():
         for name, stat in _self_times(ops).items():
             summary.ops.setdefault(name, OpStat()).add(stat)
@@ -262,11 +292,35 @@ def format_ms(us: float) -> str:
     return f"{us / 1000:.2f} ms"
 
 
+def _n_steps(n: int) -> str:
+    return f"{n} step{'s' if n != 1 else ''}"
+
+
+def steps_text(summary: TraceSummary) -> str | None:
+    """`2 steps (mean 0.95 ms)` for one file, `25 steps x 2 files (...)` for several; None: no steps.
+
+    Files of one capture record the same steps, each its own copy: they are not added up.
+    """
+    counts = [n for n in summary.step_counts if n]
+    if not counts:
+        return None
+    lo, hi = min(counts), max(counts)
+    text = _n_steps(hi) if lo == hi else f"{lo}-{hi} steps"
+    if len(summary.step_counts) > 1:
+        text += f" x {len(counts)} file{'s' if len(counts) != 1 else ''}"
+    return f"{text} (mean {format_ms(summary.step_mean_us)})"
+
+
 def format_summary(summary: TraceSummary, top: int = 10, width: int = 100) -> list[str]:
     """The lines `inv profile` prints under the file list."""
-    head = f"trace summary: {summary.files} file{'s' if summary.files != 1 else ''}"
-    if summary.steps:
-        head += f", {summary.steps} steps (mean {format_ms(summary.step_us / summary.steps)})"
+    files = f"{summary.files} file{'s' if summary.files != 1 else ''}"
+    steps = steps_text(summary)
+    if steps is None:
+        head = f"trace summary: {files}"
+    elif summary.files > 1 and sum(1 for n in summary.step_counts if n) == summary.files:
+        head = f"trace summary: {steps}"  # "25 steps x 2 files" names the files already
+    else:
+        head = f"trace summary: {files}, {steps}"
     head += f", window {format_ms(summary.window_us)}"
     if summary.gpu_busy is not None:
         head += f", GPU busy {summary.gpu_busy:.0%}"
@@ -308,6 +362,20 @@ def load_trace(path: str | Path):
             hint="the file may still be being written (wait and retry) or be cut short; "
             "try opening it in ui.perfetto.dev",
         ) from None
+
+
+def decompressed_size(path: str | Path) -> int:
+    """Bytes of JSON in a trace file: its size, or for gzip (by magic bytes) the ISIZE trailer, which
+    is the uncompressed size mod 4 GiB, taken as at least GZIP_MIN_RATIO x the compressed size so a
+    wrapped ISIZE does not pass a 4+ GiB trace for a small one. OSError when it cannot be read."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC or size < 18:  # 18: the smallest gzip (10-byte header, 8-byte trailer)
+            return size
+        f.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(f.read(4), "little")
+    return max(isize, size * GZIP_MIN_RATIO)
 
 
 def summarize_file(path: str | Path) -> TraceSummary:

@@ -91,6 +91,18 @@ def test_vllm_hint_names_both_ways_to_enable_profiling():
     assert "inv start-server --restart" in hint
 
 
+def test_vllm_hint_commands_survive_the_shell_as_written():
+    import json
+    import re
+    import shlex
+
+    hint = profiling.vllm_enable_hint("/home/me/my traces")
+    env, flag = re.findall(r"`([^`]*)`", hint)[:2]
+    assert shlex.split(env) == ["VLLM_TORCH_PROFILER_DIR=/home/me/my traces"]
+    name, value = shlex.split(flag)
+    assert name == "--profiler-config" and json.loads(value)["torch_profiler_dir"] == "/home/me/my traces"
+
+
 # ---------------------------------------------------------------- settling
 
 
@@ -212,13 +224,13 @@ def test_profile_end_to_end_waits_for_late_growing_files_and_summarizes_them(tmp
     s = result.summary
     assert result.unreadable == []
     # computed from the files' contents: 2 generators x 3 steps, one flash-attention kernel per layer per step
-    assert (s.files, s.steps) == (2, 6)
+    assert (s.files, s.steps, s.step_counts) == (2, 3, [3, 3])  # 3 steps, each generator's own trace of them
     flash = next(name for name in s.gpu if "flash_fwd" in name)
     assert s.gpu[flash].count == 2 * 3 * LAYERS
     assert s.ops["aten::linear"].self_us < s.ops["aten::linear"].total_us  # nested aten::mm excluded
     assert s.gpu_busy is not None and 0 < s.gpu_busy < 1
     text = "\n".join(profiling.render_result(result, top=3))
-    assert "trace files (2, " in text and "ui.perfetto.dev" in text and "trace summary: 2 files, 6 steps" in text
+    assert "trace files (2, " in text and "ui.perfetto.dev" in text and "trace summary: 3 steps x 2 files" in text
     assert "load during the capture: 4 streams" in text
 
 
@@ -234,7 +246,7 @@ def test_task_profile_lists_files_in_a_new_timestamped_folder(project, tmp_path)
     for r, folder in zip((first, second), folders, strict=True):
         assert "trace files (2, " in r.out
         assert f"in do_not_commit/profiles/{folder.name}:" in r.out
-        assert "ui.perfetto.dev" in r.out and "trace summary: 2 files, 4 steps" in r.out
+        assert "ui.perfetto.dev" in r.out and "trace summary: 2 steps x 2 files" in r.out
         assert len([p for p in folder.iterdir() if p.name.endswith(".pt.trace.json")]) == 2
     assert "with_stack=true" in second.out
 
@@ -263,6 +275,10 @@ def test_vllm_started_without_profiling_gets_told_what_to_add(project, tmp_path)
     assert r.code == 7, r.text
     assert "was not started with profiling enabled" in r.err and "HTTP 404" in r.err
     assert "VLLM_TORCH_PROFILER_DIR=" in r.err and "--profiler-config" in r.err
+    # an absolute folder: inside the single quotes of the JSON, $PWD would stay $PWD
+    folder = str(project.run_dir.resolve() / "vllm_traces")
+    assert f'"torch_profiler_dir": "{folder}"' in r.err and f"VLLM_TORCH_PROFILER_DIR={folder}`" in r.err
+    assert "$PWD" not in r.err
     assert "last " in r.err and str(d.log) in r.err  # the server log's tail comes with it
     assert "Traceback" not in r.text
     assert not any((project.run_dir / "profiles").iterdir())  # no empty capture folder left behind
@@ -297,6 +313,20 @@ def test_unreadable_trace_is_listed_and_noted_not_fatal(tmp_path):
     assert any(line.endswith("bad.pt.trace.json") for line in lines)
 
 
+def test_gzipped_captures_are_measured_uncompressed_for_the_size_cap(tmp_path):
+    import gzip
+    import json
+
+    events = [{"ph": "X", "cat": "kernel", "name": "k", "ts": i, "dur": 1} for i in range(20_000)]
+    path = tmp_path / "rank0.pt.trace.json.gz"
+    path.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+    size = path.stat().st_size
+    result = profiling.ProfileResult("vllm", "http://x", tmp_path, files=[(path, size)])
+    profiling.summarize(result, max_bytes=size * 5)  # well above its size on disk, far below its JSON
+    assert result.summary is None
+    assert any("of JSON (uncompressed): too big to summarize" in n for n in result.notes)
+
+
 def test_huge_captures_are_listed_but_not_parsed(tmp_path):
     path = tmp_path / "big.pt.trace.json"
     path.write_text('{"traceEvents": []}')
@@ -316,7 +346,7 @@ def test_summary_matches_the_trace_parser_on_the_same_files(tmp_path):
     result = profiling.ProfileResult("fireworks", "http://x", tmp_path, files=[(p, p.stat().st_size) for p in files])
     profiling.summarize(result)
     direct = traces.summarize_files(files)
-    assert result.summary.top_gpu(5) == direct.top_gpu(5) and result.summary.steps == 8
+    assert result.summary.top_gpu(5) == direct.top_gpu(5) and result.summary.step_counts == [4, 4]
 
 
 def test_vllm_folder_of_a_local_server_gpuops_did_not_start_is_found_by_its_port(project, tmp_path):
@@ -328,6 +358,35 @@ def test_vllm_folder_of_a_local_server_gpuops_did_not_start_is_found_by_its_port
     assert r.code == 0, r.text
     assert "copied from the server's profiler folder elsewhere/traces" in r.out
     assert "recording for 0.3 s" in r.out and "(0.3 s, with_stack=false)" in r.out
+
+
+def crashed_demo(project, tmp_path):
+    """A demo server gpuops has a record of, killed with SIGKILL (as the OOM killer would): pid, url, log."""
+    import signal
+
+    with running_demo(tmp_path) as d:
+        save_record(project, d.proc, d.url, d.log)
+        os.killpg(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+    return d.proc.pid, d.url, d.log
+
+
+def test_task_profile_of_crashed_server_says_it_exited_and_shows_its_log(project, tmp_path):
+    pid, _, log = crashed_demo(project, tmp_path)
+    r = gpuops(project, "profile")
+    assert r.code == 6, r.text
+    assert f"server 'server' (pid {pid}) has exited" in r.err and "no running server" not in r.err
+    assert f"lines of {log}:" in r.err and "Application startup complete." in r.err
+    assert "inv start-server" in r.err and "Traceback" not in r.text
+
+
+def test_task_profile_url_of_crashed_server_shows_its_log(project, tmp_path):
+    pid, url, log = crashed_demo(project, tmp_path)
+    r = gpuops(project, "profile", "--url", url)  # the engine comes from the record
+    assert r.code == 7, r.text
+    assert f"GET {url}/profile: connection refused" in r.err
+    assert f"server 'server' (pid {pid}), which gpuops started at this URL" in r.err and "has exited" in r.err
+    assert f"lines of {log}:" in r.err
 
 
 def test_task_profile_of_dead_url_exits_7(project):
@@ -438,6 +497,74 @@ def test_task_profile_dir_that_is_a_file_is_a_usage_error(project):
     r = gpuops(project, "profile", "--url", f"http://127.0.0.1:{free_port()}", "--engine", "demo", "--dir", "taken")
     assert r.code == 2, r.text
     assert "cannot use taken as the trace folder" in r.err and (project.root / "taken").read_text() == "not a folder"
+
+
+def test_wait_for_files_by_default_waits_for_a_worker_that_writes_seconds_later(tmp_path):
+    def writer():
+        time.sleep(0.2)
+        (tmp_path / "generator-0-0.1.pt.trace.json").write_text('{"traceEvents": []}')
+        time.sleep(3.0)  # the second worker's file starts well after the first one settled
+        (tmp_path / "generator-1-0.1.pt.trace.json").write_text('{"traceEvents": []}')
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        done = profiling.wait_for_files(tmp_path, set(), timeout=30, poll=0.1)
+    finally:
+        t.join()
+    assert done.settled and sorted(done.files) == ["generator-0-0.1.pt.trace.json", "generator-1-0.1.pt.trace.json"]
+
+
+def late_writer(scripted, second_after: float):
+    """A Fireworks-style server whose two generators write their traces `second_after` seconds apart."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    from gpuops.demo.traces import make_trace
+
+    def write(folder: str, delay: float, i: int):
+        time.sleep(delay)
+        with open(os.path.join(folder, f"generator-{i}-0.1.pt.trace.json"), "w") as f:
+            json.dump(make_trace(2, seed=i), f)
+
+    def respond(h):
+        query = parse_qs(urlsplit(h.path).query)
+        if urlsplit(h.path).path != "/profile":
+            send(h, 404, b'{"detail": "Not Found"}')
+            return
+        for i, delay in enumerate((0.1, 0.1 + second_after)):
+            threading.Thread(target=write, args=(query["dir"][0], delay, i), daemon=True).start()
+        send(h, 200, b'{"status": "profiling"}')
+
+    return scripted(respond)
+
+
+def test_task_profile_takes_the_quiet_time_from_config(project, scripted):
+    url = late_writer(scripted, second_after=2.0)
+    (project.root / "gpuops.yaml").write_text("gpuops:\n  profile_quiet_seconds: 0.5\n")
+    r = gpuops(project, "-f", "gpuops.yaml", "profile", "--url", url, "--engine", "uvicorn", "--settle-timeout", "30")
+    assert r.code == 0, r.text
+    # half a second of quiet counts as done: the second file, 2 s later, is not waited for
+    assert "trace files (1, " in r.out and "generator-0-0.1.pt.trace.json" in r.out
+
+
+def test_task_profile_bad_quiet_time_in_config_is_a_usage_error(project):
+    (project.root / "gpuops.yaml").write_text("gpuops:\n  profile_quiet_seconds: soon\n")
+    r = gpuops(project, "-f", "gpuops.yaml", "profile", "--url", f"http://127.0.0.1:{free_port()}",
+               "--engine", "demo")
+    assert r.code == 2, r.text
+    assert "gpuops.profile_quiet_seconds must be a number above 0, not 'soon'" in r.err
+
+
+@pytest.mark.parametrize("log_shown", [False, True])
+def test_profiler_error_shows_the_servers_message_not_its_json(scripted, tmp_path, log_shown):
+    body = b'{"object": "error", "error": {"message": "profiler already running", "type": "Conflict", "code": 500}}'
+    url = scripted(lambda h: send(h, 500, body))
+    with pytest.raises(RequestFailed) as info:
+        profiling.capture(url, "uvicorn", out_dir=tmp_path / "cap", num_steps=2, write=lambda _: None,
+                          log_shown=log_shown)
+    assert info.value.message.endswith(f"GET {url}/profile answered HTTP 500: profiler already running")
+    assert ("below" in info.value.hint) is log_shown  # "its log below" only when the log is shown
 
 
 def test_fireworks_engine_without_a_profile_route_says_so(scripted, tmp_path):

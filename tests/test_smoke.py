@@ -122,9 +122,10 @@ def test_without_blue_sky_the_first_preset_is_the_default():
         ({"p": {"max_tokens": 3}}, "p", None, None, ["'p' has no prompt"]),
         ({"p": {"prompt": "x", "max_token": 3}}, "p", None, None, ["unknown key(s) max_token"]),
         ({"p": "just text"}, "p", None, None, ["must be a mapping"]),
-        (PRESETS, None, None, 0, ["at least 1", "0"]),
-        (PRESETS, None, None, "many", ["at least 1", "'many'"]),
-        (PRESETS, None, None, 2.5, ["at least 1"]),
+        (PRESETS, None, None, 0, ["--max-tokens must be a whole number of at least 1, not 0"]),
+        (PRESETS, None, None, "many", ["--max-tokens must be", "'many'"]),
+        (PRESETS, None, None, 2.5, ["--max-tokens must be", "at least 1"]),
+        ({"p": {"prompt": "x", "max_tokens": 0}}, "p", None, None, ["smoke preset 'p': max_tokens must be", "0"]),
         (PRESETS, None, "   ", None, ["prompt is empty"]),
     ],
 )
@@ -158,22 +159,6 @@ def test_agents_presets_are_laid_over_config_presets():
 )
 def test_base_url_accepts_what_users_paste(url, expected):
     assert smoke.base_url(url) == expected
-
-
-@pytest.mark.parametrize(
-    "value,whole,expected",
-    [("2.5", False, 2.5), (30, False, 30.0), ("10", True, 10), (4.0, True, 4), ("1e3", True, 1000)],
-)
-def test_positive_reads_flag_numbers(value, whole, expected):
-    got = smoke.positive("--x", value, whole=whole)
-    assert got == expected and type(got) is type(expected)
-
-
-@pytest.mark.parametrize("value,whole", [("abc", False), ("0", False), ("-1", False), ("inf", False),
-                                         ("nan", False), (None, False), (True, True), ("2.5", True), ("", True)])
-def test_positive_rejects_what_is_not_a_number_above_zero(value, whole):
-    with pytest.raises(UsageError, match="--x must be a (whole )?number above 0"):
-        smoke.positive("--x", value, whole=whole)
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://x", "", "http://"])
@@ -289,12 +274,18 @@ def test_parse_whole_rejects_answers_without_choices(data):
         (400, "Cannot use chat template functions because tokenizer.chat_template is not set", True, "drop --chat"),
         (400, "max_tokens is too large", False, "smaller --max-tokens"),
         (503, "Loading model", False, "still loading"),
-        (500, "boom", False, "log below"),
+        (500, "boom", False, "its log says why"),
     ],
 )
 def test_http_error_hint_by_status_and_message(status, message, chat, words):
     req = smoke.request_for("vllm", prompt="x", max_tokens=1, chat=chat)
     assert words in smoke.http_error_hint(status, message, req)
+
+
+def test_http_error_hint_points_below_only_when_the_log_is_shown():
+    req = smoke.request_for("vllm", prompt="x", max_tokens=1)
+    assert "below" not in smoke.http_error_hint(500, "boom", req)
+    assert "its log below shows why" in smoke.http_error_hint(500, "boom", req, log_shown=True)
 
 
 @pytest.mark.parametrize(
@@ -500,6 +491,35 @@ def test_smoke_of_a_server_that_is_not_comfyui_fails_clearly(scripted):
         run_smoke(url, "comfyui", prompt="x", max_tokens=1, timeout=5)
 
 
+def not_openai(h):
+    drain(h) if h.command == "POST" else None
+    send(h, 200 if h.command == "POST" else 404, b"<html>a proxy login page</html>", ctype="text/html")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_malformed_answer_suggests_no_stream_only_when_streaming(scripted, stream):
+    with pytest.raises(RequestFailed) as info:
+        run_smoke(scripted(not_openai), "openai", prompt="x", max_tokens=4, stream=stream, timeout=5)
+    assert "malformed answer" in info.value.message
+    assert ("--no-stream" in info.value.hint) is stream  # with --no-stream given, it is no advice
+
+
+@pytest.mark.parametrize("log_shown", [False, True])
+def test_error_in_the_stream_points_at_the_log_below_only_when_shown(scripted, log_shown):
+    def respond(h):
+        drain(h) if h.command == "POST" else None
+        if h.path == "/v1/models":
+            send(h, 404, b"{}")
+        else:
+            send(h, 200, (sse({"error": {"message": "CUDA error: an illegal memory access", "code": 500}})
+                          + "\n\n").encode(), ctype="text/event-stream", length=False)
+
+    with pytest.raises(RequestFailed) as info:
+        run_smoke(scripted(respond), "vllm", prompt="x", max_tokens=4, timeout=5, log_shown=log_shown)
+    assert "reported an error while answering: CUDA error: an illegal memory access" in info.value.message
+    assert ("its log below" in info.value.hint) is log_shown
+
+
 def test_log_tail_and_likely_cause_are_added_to_the_error(tmp_path):
     log = tmp_path / "server.log"
     log.write_text("INFO starting\n" + "".join(f"line {i}\n" for i in range(30))
@@ -572,6 +592,57 @@ def test_task_smoke_of_dead_url_exits_7_without_traceback(project):
     assert "connection refused" in r.err and url in r.err and "Traceback" not in r.text
 
 
+def crash(proc: subprocess.Popen) -> None:
+    """SIGKILL the server's whole group (as the OOM killer or a segfault would end it) and reap it."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_task_smoke_of_crashed_server_says_it_exited_and_shows_its_log(project, tmp_path):
+    with running_demo(tmp_path) as d:
+        save_record(project, d.proc, d.url, d.log)
+        crash(d.proc)
+    r = gpuops(project, "smoke")
+    assert r.code == 6, r.text
+    assert f"server 'server' (pid {d.proc.pid}) has exited" in r.err and "no running server" not in r.err
+    assert f"lines of {d.log}:" in r.err and "Application startup complete." in r.err  # its log's last lines
+    assert "inv start-server" in r.err and "Traceback" not in r.text
+
+
+def test_task_smoke_names_the_crashed_server_asked_for(project, tmp_path):
+    with running_demo(tmp_path) as d:
+        save_record(project, d.proc, d.url, d.log, name="big")
+        crash(d.proc)
+    r = gpuops(project, "smoke", "--server", "big")
+    assert r.code == 6, r.text
+    assert f"server 'big' (pid {d.proc.pid}) has exited" in r.err and "inv start-server --server big" in r.err
+    other = gpuops(project, "smoke", "--server", "small")  # never started: nothing to say but that
+    assert other.code == 6 and "no running server 'small'" in other.err
+
+
+def test_task_smoke_of_stopped_server_says_it_was_stopped(project, tmp_path):
+    from gpuops import state
+
+    with running_demo(tmp_path) as d:
+        rec = save_record(project, d.proc, d.url, d.log)
+    rec.stopped_at = time.time()  # as `inv stop-server` leaves the record
+    state.save(RunDir(project.run_dir), rec)
+    r = gpuops(project, "smoke")
+    assert r.code == 6, r.text
+    assert "server 'server' is not running: it was stopped at " in r.err and "lines of" not in r.err
+
+
+def test_task_smoke_url_of_crashed_server_shows_its_log(project, tmp_path):
+    with running_demo(tmp_path) as d:
+        save_record(project, d.proc, d.url, d.log)
+        crash(d.proc)
+    r = gpuops(project, "smoke", "--url", d.url + "/v1", "--timeout", "5")
+    assert r.code == 7, r.text
+    assert "connection refused" in r.err
+    assert f"server 'server' (pid {d.proc.pid}), which gpuops started at this URL" in r.err and "has exited" in r.err
+    assert f"lines of {d.log}:" in r.err
+
+
 def test_task_smoke_without_a_running_server_exits_6(project):
     r = gpuops(project, "smoke")
     assert r.code == 6, r.text
@@ -582,7 +653,7 @@ def test_task_smoke_without_a_running_server_exits_6(project):
     "args,words",
     [
         (["--preset", "nope"], "unknown smoke preset 'nope'"),
-        (["--max-tokens", "lots"], "at least 1"),
+        (["--max-tokens", "lots"], "--max-tokens must be a whole number of at least 1, not 'lots'"),
         (["--url", "localhost:8000"], "not a server URL"),
         (["--url", "http://127.0.0.1:1", "--engine", "tgi"], "no smoke request known for engine 'tgi'"),
         (["--url", "http://127.0.0.1:1", "--timeout", "soon"], "--timeout must be a number above 0, not 'soon'"),
@@ -718,9 +789,133 @@ def test_start_server_no_smoke_skips_it(project, port):
     assert gpuops(project, "stop-server").code == 0
 
 
-def test_start_server_with_failing_smoke_exits_7(project, port):
+
+# ---------------------------------------------------------------- start-server's automatic smoke test
+
+
+def ctx(**gpuops_config):
+    """An Invoke context with gpuops' defaults and these settings, as invoke.yaml would give them."""
+    import copy
+
+    from invoke import Config, Context
+
+    return Context(Config(overrides={"gpuops": {**copy.deepcopy(DEFAULTS), **gpuops_config}}))
+
+
+def record_for(url: str, log: Path | None, engine: str = "demo"):
+    from gpuops import state
+
+    return state.StateRecord(name="server", pid=os.getpid(), create_time=0.0, pgid=0, tag="server:test",
+                             host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), url=url,
+                             log_path=str(log) if log else "", command="(test)", cwd=".", engine=engine)
+
+
+def test_smoke_plan_takes_presets_from_the_agents_file_given(tmp_path):
+    from gpuops.tasks import _smoke_plan
+
+    agents = tmp_path / "elsewhere.md"
+    agents.write_text(AGENTS_WITH_PRESETS)  # not the configured AGENTS.local.md
+    plan = _smoke_plan(ctx(), "agents", str(agents))
+    assert (plan.prompt, plan.max_tokens) == ("From the agents file.", 3)
+    assert _smoke_plan(ctx(agents_file=str(agents)), "hello", None).prompt == "Overridden hello."
+
+
+def test_smoke_plan_defaults_to_blue_sky_and_honours_smoke_chat_and_timeout(tmp_path):
+    from gpuops.tasks import _smoke_plan
+
+    default = _smoke_plan(ctx(agents_file=str(tmp_path / "none.md")), None, None)
+    assert (default.prompt, default.max_tokens, default.chat, default.timeout) == (BLUE, 64, False, 60.0)
+    configured = _smoke_plan(ctx(agents_file=str(tmp_path / "none.md"), smoke_chat=True, smoke_timeout="7"),
+                             "hello", None)
+    assert (configured.prompt, configured.chat, configured.timeout) == (HELLO, True, 7.0)
+
+
+@pytest.mark.parametrize(
+    "preset,config,words",
+    [("nope", {}, "unknown smoke preset 'nope'"),
+     (None, {"smoke_timeout": "soon"}, "gpuops.smoke_timeout must be a number above 0, not 'soon'")],
+)
+def test_smoke_plan_rejects_bad_input_before_anything_starts(tmp_path, preset, config, words):
+    from gpuops.tasks import _smoke_plan
+
+    with pytest.raises(UsageError) as info:
+        _smoke_plan(ctx(agents_file=str(tmp_path / "none.md"), **config), preset, None)
+    assert words in info.value.render() and info.value.exit_code == 2
+
+
+def test_auto_smoke_sends_the_plan_and_returns_the_summary(scripted):
+    from gpuops.tasks import _auto_smoke
+
+    seen = []
+
+    def respond(h):
+        if h.path == "/v1/models":
+            send(h, 200, json.dumps({"data": [{"id": "tiny"}]}).encode())
+            return
+        seen.append((h.path, drain(h)))
+        body = "\n\n".join([sse({"model": "tiny", "choices": [{"delta": {"content": "Hi"}, "finish_reason": "length"}]}),
+                             "data: [DONE]", ""])
+        send(h, 200, body.encode(), ctype="text/event-stream")
+
+    url = scripted(respond)
+    line, err = _auto_smoke(smoke.SmokePlan("Ping?", 3, chat=True, timeout=5), record_for(url, None))
+    assert err is None and line.startswith("~1 token in ") and 'from tiny: "Hi"' in line  # no usage: counted
+    (path, body), = seen
+    assert path == "/v1/chat/completions" and body["messages"][0]["content"] == "Ping?" and body["max_tokens"] == 3
+
+
+def test_auto_smoke_failure_is_one_short_line_and_an_error_with_the_server_log(tmp_path):
+    from gpuops.tasks import _auto_smoke
+
+    with running_demo(tmp_path, GPUOPS_DEMO_ERROR_EVERY="1") as d:
+        line, err = _auto_smoke(smoke.SmokePlan("Ping?", 2, timeout=30), record_for(d.url, d.log))
+    # the banner's url row names the server and the error follows the banner: one line, no repeats
+    assert line.startswith("FAILED: POST /v1/completions answered HTTP 500: simulated internal server error")
+    assert line.endswith(" (details below)") and len(line) < 140 and "smoke" not in line and d.url not in line
+    assert isinstance(err, RequestFailed) and err.exit_code == 7
+    text = err.render()
+    assert text.startswith(f"smoke test failed: POST {d.url}/v1/completions answered HTTP 500")
+    assert f"lines of {d.log}:" in text and "Application startup complete." in text
+    assert "its log below shows why" in err.hint
+
+
+def test_auto_smoke_keeps_to_the_planned_timeout(hung_server):
+    from gpuops.tasks import _auto_smoke
+
+    t0 = time.monotonic()
+    line, err = _auto_smoke(smoke.SmokePlan("Ping?", 2, timeout=1.0), record_for(hung_server, None, "vllm"))
+    assert time.monotonic() - t0 < 10
+    assert line.startswith("FAILED: ") and "no answer within 1 s" in line and "no answer within 1 s" in err.message
+
+
+def test_start_server_with_failing_smoke_shows_the_server_log(project, port):
     project.demo_agents(port, env="GPUOPS_DEMO_ERROR_EVERY=1")
     r = gpuops(project, "start-server", "--no-follow")
-    assert r.code == 7, r.text
-    assert "HTTP 500" in r.text
+    log = project.record()["log_path"]
     assert gpuops(project, "stop-server").code == 0
+    assert r.code == 7, r.text
+    smoke_line = next(line for line in r.out.splitlines() if line.strip().startswith("smoke "))
+    assert "FAILED: POST /v1/completions answered HTTP 500" in smoke_line
+    assert "smoke FAILED" not in r.text and r.text.count("smoke test failed") == 1
+    assert f"lines of {log}:" in r.err and "Traceback" not in r.text
+
+
+def test_start_server_with_unknown_smoke_preset_exits_2_before_starting(project, port):
+    project.demo_agents(port)
+    r = gpuops(project, "start-server", "--no-follow", "--smoke-preset", "nope")
+    assert r.code == 2, r.text
+    assert "unknown smoke preset 'nope' (known: blue_sky, hello)" in r.err
+    assert not (project.run_dir / "state" / "server.json").exists()  # nothing was started
+    assert not list(project.run_dir.glob("server_logs/*.log"))
+
+
+def test_start_server_smoke_uses_the_presets_of_its_agents_file(project, port):
+    agents = project.root / "other.md"
+    agents.write_text(
+        f"## Server\n\n```bash\nGPUOPS_DEMO_LOAD_SECONDS=0.3 {sys.executable} -m gpuops.demo --port {port}\n```\n\n"
+        '## Smoke presets\n\n```json\n{"mine": {"prompt": "From other.md.", "max_tokens": 3}}\n```\n')
+    r = gpuops(project, "start-server", "--no-follow", "--agents-file", str(agents), "--smoke-preset", "mine")
+    assert gpuops(project, "stop-server", "--agents-file", str(agents)).code == 0
+    assert r.code == 0, r.text
+    smoke_line = next(line for line in r.out.splitlines() if line.strip().startswith("smoke "))
+    assert "3 tokens in " in smoke_line

@@ -60,6 +60,9 @@ def kineto_trace() -> dict:
         gpu(GEMM, base + 60, 400),
         gpu(ELEMENTWISE, base + 470, 100),
         gpu(GEMM, base + 1030, 400),
+        # Kineto repeats each step mark on the GPU stream (the span of the step's kernels)
+        gpu("ProfilerStep#1", base + 5, 565, cat="gpu_user_annotation"),
+        gpu("ProfilerStep#2", base + 1030, 400, cat="gpu_user_annotation"),
         {"name": "Iteration Start: PyTorch Profiler", "ph": "i", "s": "g", "pid": "Traces", "tid": "PyTorch Profiler",
          "ts": base},
         {"name": "Record Window End", "ph": "i", "s": "g", "pid": "", "tid": "", "ts": base + 1900},
@@ -94,6 +97,7 @@ BUSY = 20 + 400 + 100 + 400  # kernels and the memcpy never overlap here
 def test_summary_of_kineto_trace_file_ranks_kernels_and_operators(tmp_path, name, gz):
     s = traces.summarize_file(write_trace(tmp_path / name, kineto_trace(), gz))
 
+    # each step once: the CPU user_annotation, not its gpu_user_annotation copy on the stream
     assert (s.files, s.steps, s.step_us, s.window_us) == (1, 2, 1900.0, WINDOW)
     gpu = s.top_gpu(10)
     assert [r.name for r in gpu] == [GEMM, ELEMENTWISE, MEMCPY]
@@ -104,6 +108,7 @@ def test_summary_of_kineto_trace_file_ranks_kernels_and_operators(tmp_path, name
 
     ops = {r.name: r for r in s.top_ops(10)}
     assert "cudaLaunchKernel" not in ops and not any(n.startswith("ProfilerStep#") for n in ops)
+    assert not any(n.startswith("ProfilerStep#") for n in s.gpu)  # a step mark is not a kernel
     assert (ops["aten::linear"].count, ops["aten::linear"].total_us, ops["aten::linear"].self_us) == (2, 500.0, 80.0)
     assert ops["aten::addmm"].self_us == 400.0  # the runtime call inside it is not an operator
     assert ops["aten::relu"].self_us == 20.0 and ops["aten::clamp_min"].self_us == 30.0
@@ -122,11 +127,13 @@ def test_bare_array_form_is_read(tmp_path):
     assert traces.summarize_file(path).top_gpu(1)[0].name == GEMM
 
 
-def test_files_of_several_ranks_add_up(tmp_path):
+def test_files_of_several_ranks_add_up_but_steps_are_counted_per_file(tmp_path):
     one = write_trace(tmp_path / "host_1.rank0.pt.trace.json.gz", kineto_trace(), gz=True)
     two = write_trace(tmp_path / "host_1.rank1.pt.trace.json", kineto_trace(), gz=False)
     s = traces.summarize_files([one, two])
-    assert (s.files, s.steps, s.window_us) == (2, 4, WINDOW)
+    # both ranks recorded the same 2 steps: that is 2 steps, seen by 2 files, not 4 steps
+    assert (s.files, s.steps, s.step_counts, s.window_us) == (2, 2, [2, 2], WINDOW)
+    assert traces.format_summary(s)[0].startswith("trace summary: 2 steps x 2 files (mean 0.95 ms), window")
     assert s.gpu[GEMM].count == 4 and s.ops["aten::linear"].self_us == 160.0
     assert s.gpu_busy == pytest.approx(BUSY / WINDOW)
 
@@ -248,3 +255,59 @@ def test_format_summary_of_cpu_only_trace_says_no_gpu():
     lines = traces.format_summary(s)
     assert "GPU busy" not in lines[0]
     assert any("no GPU kernels" in line for line in lines)
+
+
+def step(name, dur, cat, ts=0.0):
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+
+@pytest.mark.parametrize(
+    "marks,count,total",
+    [
+        # (name, dur, cat) -> steps, summed step time
+        ([("ProfilerStep#1", 10, "user_annotation"), ("ProfilerStep#1", 4, "gpu_user_annotation")], 1, 10.0),
+        ([("ProfilerStep#1", 4, "gpu_user_annotation"), ("ProfilerStep#2", 6, "gpu_user_annotation")], 2, 10.0),
+        ([("ProfilerStep#1", 10, "cpu_op"), ("ProfilerStep#1", 4, "gpu_user_annotation")], 1, 10.0),  # older torch
+        ([("ProfilerStep#1", 10, "")], 1, 10.0),  # other exporters write no category
+    ],
+)
+def test_each_step_counts_once_whichever_marks_the_trace_has(marks, count, total):
+    s = traces.summarize_events([step(n, d, c) for n, d, c in marks])
+    assert (s.steps, s.step_us) == (count, total)
+
+
+@pytest.mark.parametrize(
+    "counts,head",
+    [
+        ([1], "trace summary: 1 file, 1 step (mean 1.00 ms)"),
+        ([3, 3], "trace summary: 3 steps x 2 files (mean 1.00 ms)"),
+        ([1, 1], "trace summary: 1 step x 2 files (mean 1.00 ms)"),
+        ([24, 25], "trace summary: 24-25 steps x 2 files (mean 1.00 ms)"),
+        ([5, 0, 5], "trace summary: 3 files, 5 steps x 2 files (mean 1.00 ms)"),
+        ([0], "trace summary: 1 file, window"),
+    ],
+)
+def test_summary_header_gives_steps_per_file(counts, head):
+    total = traces.TraceSummary()
+    for n in counts:
+        total.merge(traces.summarize_events([step(f"ProfilerStep#{i}", 1000, "user_annotation", ts=i * 1000)
+                                             for i in range(n)]))
+    assert traces.format_summary(total)[0].startswith(head)
+
+
+def test_gzip_trace_size_is_its_uncompressed_size(tmp_path):
+    data = json.dumps({"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "ts": i, "dur": 1}
+                                       for i in range(20_000)]}).encode()
+    gz = tmp_path / "rank0.pt.trace.json.gz"
+    gz.write_bytes(gzip.compress(data))
+    plain = tmp_path / "rank0.pt.trace.json"
+    plain.write_bytes(data)
+    assert gz.stat().st_size * 10 < len(data)  # traces compress well: the size on disk says little
+    assert traces.decompressed_size(gz) == len(data) == traces.decompressed_size(plain)
+
+
+def test_gzip_size_is_at_least_a_few_times_its_size_on_disk(tmp_path):
+    # ISIZE is the size mod 4 GiB: a trailer saying "small" must not pass a huge trace for a small one
+    path = tmp_path / "wrapped.json.gz"
+    path.write_bytes(gzip.compress(b"x" * 1000)[:-4] + (5).to_bytes(4, "little"))
+    assert traces.decompressed_size(path) == path.stat().st_size * traces.GZIP_MIN_RATIO
