@@ -15,7 +15,10 @@ minimal asyncio + aiohttp client written the way `vllm bench serve` measures.
    client, is the bottleneck on a small machine.
 
 Both clients get the same requests (completions, --prompt-tokens words, --max-tokens tokens, usage
-asked for). Error numbers include the demo server's own scheduling delay, which is the same for both.
+asked for) and the same start: each of their users opens its connection with one GET /v1/models
+before its first measured request (what gpuops' users do), and both count the duration from the
+first request sent to the last answer finished. Error numbers include the demo server's own
+scheduling delay, which is the same for both.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ async def _reference_request(session, url: str, payload: dict) -> dict:
     except Exception:  # noqa: BLE001 - a failed request is just counted as failed, as in vLLM
         ok = False
     return {"ok": ok, "ttft_ms": ttft * 1000, "itl_ms": [x * 1000 for x in itl], "output_tokens": out_tokens,
-            "e2el_ms": (most_recent - st) * 1000}
+            "e2el_ms": (most_recent - st) * 1000, "start": st, "end": time.perf_counter()}
 
 
 async def _reference(url: str, users: int, seconds: float, prompt_tokens: int, max_tokens: int) -> dict:
@@ -97,6 +100,10 @@ async def _reference(url: str, users: int, seconds: float, prompt_tokens: int, m
 
     async def user(session):
         nonlocal seq
+        # the same per-connection warm-up gpuops' users do: without it the reference's first request per
+        # connection also pays the TCP connect and aiohttp's first-call costs, inflating its first TTFTs
+        async with session.get(f"{url}/v1/models") as warm:
+            await warm.read()
         while time.perf_counter() < deadline:
             seq += 1
             prompt = " ".join([f"ref-{seq}"] + words[: prompt_tokens - 1])
@@ -113,12 +120,13 @@ async def _reference(url: str, users: int, seconds: float, prompt_tokens: int, m
 
     timeout = aiohttp.ClientTimeout(total=6 * 60 * 60)
     connector = aiohttp.TCPConnector(limit=users, keepalive_timeout=60, force_close=False)
-    started = time.perf_counter()
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         sampling = asyncio.create_task(sampler())
         await asyncio.gather(*(user(session) for _ in range(users)))
         sampling.cancel()
-    return {"records": records, "duration": time.perf_counter() - started, "cpu": cpu}
+    # like gpuops' summary: first request sent to last answer finished (warm-up left out)
+    duration = (max(r["end"] for r in records) - min(r["start"] for r in records)) if records else 0.0
+    return {"records": records, "duration": duration, "cpu": cpu}
 
 
 def reference_main(argv: list[str]) -> None:

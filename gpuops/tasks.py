@@ -16,7 +16,8 @@ import sys
 from invoke import Collection, task  # noqa: F401
 
 from gpuops.config import DEFAULTS, RunDir
-from gpuops.edge import edge, setting  # noqa: F401
+from gpuops.edge import edge, number, setting  # noqa: F401
+from gpuops.logs import shown
 
 
 def run_dir(c) -> RunDir:
@@ -40,8 +41,9 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _gpu_preflight(c, *, kill: bool, yes: bool):
-    """The GPU step of start-server's preflight: refuse busy GPUs, or free them with --kill-gpu-procs."""
+def _gpu_preflight(c, *, kill: bool, yes: bool, stop_timeout: float):
+    """The GPU step of start-server's preflight: refuse busy GPUs, or free them with --kill-gpu-procs
+    (SIGKILL after `stop_timeout`, the resolved --stop-timeout)."""
 
     def check(recipe, replaced_pids) -> list[int]:
         import os
@@ -59,7 +61,7 @@ def _gpu_preflight(c, *, kill: bool, yes: bool):
         busy_mib = float(setting(c, "gpu_busy_mib"))
         if kill:
             gpus.free_gpus(inv, needed, busy_mib, yes=yes, confirm=_confirm if sys.stdin.isatty() else None,
-                           timeout=float(setting(c, "stop_timeout")),
+                           timeout=stop_timeout,
                            release_timeout=float(setting(c, "gpu_release_timeout")), write=_out)
         else:
             gpus.check_gpus_free(inv, needed, busy_mib)
@@ -76,28 +78,28 @@ def _gpu_banner(recipe, record) -> tuple[list[str], list[str]]:
     return gpus.banner_lines(inv, record.gpus), models
 
 
-def _auto_smoke(c, record, preset) -> str:
+def _smoke_plan(c, smoke_preset=None, agents_file=None):
+    """start-server's smoke test, settled before the server starts: an unknown preset is exit 2, not a
+    started server. Presets come from the same agents file as the server; gpuops.smoke_chat and
+    gpuops.smoke_timeout apply."""
     from gpuops import smoke
-    from gpuops.errors import GpuopsError
 
-    prompt, max_tokens = smoke.resolve_preset(_smoke_presets(c), preset or "blue_sky", None, None)
-    try:
-        return smoke.run_smoke(record.url, record.engine, prompt=prompt, max_tokens=max_tokens).summary()
-    except GpuopsError as err:
-        return f"smoke FAILED: {err.message}"
+    return smoke.plan_smoke(_smoke_presets(c, agents_file), smoke_preset, chat=bool(setting(c, "smoke_chat")),
+                            timeout=setting(c, "smoke_timeout"))
 
 
-def _smoke_presets(c) -> dict:
-    """Presets from config, with those of AGENTS.local.md's `## Smoke` block on top."""
-    from gpuops.errors import RecipeError
-    from gpuops.recipes import load_recipes
+def _auto_smoke(plan, record):
+    """(banner line, error or None): the error is RequestFailed with the server's last log lines."""
+    from gpuops import smoke
 
-    presets = dict(setting(c, "smoke_presets") or {})
-    try:
-        presets.update(load_recipes(setting(c, "agents_file")).smoke_presets)
-    except RecipeError:
-        pass
-    return presets
+    return smoke.auto_smoke(plan, record)
+
+
+def _smoke_presets(c, agents_file=None) -> dict:
+    """Presets from config, with those of the agents file's "Smoke presets" block laid over them."""
+    from gpuops import smoke
+
+    return smoke.load_presets(setting(c, "smoke_presets"), setting(c, "agents_file", agents_file))
 
 
 @task(
@@ -133,32 +135,30 @@ def start_server(c, server=None, agents_file=None, restart=False, follow=True, s
 
     recipe = _recipe(c, server, agents_file)
     rd = run_dir(c)
+    stop_t = number("--stop-timeout", setting(c, "stop_timeout", stop_timeout))
+    waits = {"hang_timeout": number("--hang-timeout", setting(c, "hang_timeout", hang_timeout)),
+             "start_timeout": number("--start-timeout", setting(c, "start_timeout", start_timeout))}
+    plan = _smoke_plan(c, smoke_preset, agents_file) if smoke else None  # a bad preset fails before the start
     started = lifecycle.start_server(
-        recipe, rd, write=_out,
-        restart=restart, engine_name=engine,
-        hang_timeout=float(setting(c, "hang_timeout", hang_timeout)),
-        start_timeout=float(setting(c, "start_timeout", start_timeout)),
-        stop_timeout=float(setting(c, "stop_timeout", stop_timeout)),
-        keep_on_failure=keep_on_failure,
-        gpu_check=_gpu_preflight(c, kill=kill_gpu_procs, yes=yes),
+        recipe, rd, write=_out, cwd=recipe.path.resolve().parent,  # commands are relative to their file
+        restart=restart, engine_name=engine, stop_timeout=stop_t, keep_on_failure=keep_on_failure,
+        gpu_check=_gpu_preflight(c, kill=kill_gpu_procs, yes=yes, stop_timeout=stop_t), **waits,
     )
     rec = started.record
     if started.already_running:
         _out(f"'{rec.name}' is already running: pid {rec.pid}, {rec.url}, up "
-             f"{lifecycle.format_uptime(rec.uptime)}, log {rec.log_path}")
+             f"{lifecycle.format_uptime(rec.uptime)}, log {shown(rec.log_path)}")
         _out("(use --restart to stop it and start it again)")
         return
-    smoke_line = _auto_smoke(c, rec, smoke_preset) if smoke else None
+    smoke_line, smoke_error = _auto_smoke(plan, rec) if plan is not None else (None, None)
     gpu_lines, model_lines = _gpu_banner(recipe, rec)
     for line in ready_banner(rec, started.outcome, gpu_lines=gpu_lines, model_lines=model_lines,
                              smoke_line=smoke_line):
         _out(line)
-    if smoke_line and smoke_line.startswith("smoke FAILED"):
-        from invoke.exceptions import Exit
-
-        raise Exit(code=7)
+    if smoke_error is not None:
+        raise smoke_error  # exit 7, with the server's last log lines; the server keeps running
     if follow:
-        lifecycle.follow_server(rec, _out)
+        lifecycle.follow_server(rec, _out, run_dir=rd)
 
 
 @task(
@@ -179,10 +179,11 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
     """
     from gpuops import lifecycle, state
 
-    t = float(setting(c, "stop_timeout", timeout))
+    t = number("--timeout", setting(c, "stop_timeout", timeout))
     rd = run_dir(c)
     if port is not None:
-        stopped = lifecycle.stop_port(int(port), timeout=t)
+        port = number("--port", port, whole=True, high=65535)
+        stopped = lifecycle.stop_port(port, timeout=t)
         n = len(stopped.report.stopped) if stopped.report else 0
         _out(f"port {port}: stopped {n} process(es)" + (f" in {stopped.report.elapsed:.2f} s" if n else "")
              + f"; port {port} is {'free' if stopped.port_free else 'STILL IN USE'}")
@@ -190,41 +191,67 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
     if all:
         names = [r.name for r in state.all_records(rd)]
     else:
-        names = [setting(c, "server", server) or _recipe(c, None, agents_file).name]
+        names = [setting(c, "server", server) or _default_server_name(c, rd, agents_file)]
+    from gpuops.errors import GpuopsError
+
+    problems: list[tuple[str, GpuopsError]] = []  # with --all, one server's trouble must not spare the next
     for name in names or ["server"]:
-        stopped = lifecycle.stop_server(rd, name, timeout=t)
+        try:
+            stopped = lifecycle.stop_server(rd, name, timeout=t)
+        except GpuopsError as err:
+            problems.append((name, err))
+            continue
         _out(stopped.summary())
         if stopped.report and stopped.report.stopped:
-            _verify_gpus_released(c, stopped)
+            try:
+                _verify_gpus_released(c, stopped)
+            except GpuopsError as err:
+                problems.append((name, err))
         if not stopped.port_free:
-            from gpuops.errors import GpuopsError
+            problems.append((name, GpuopsError(f"port {stopped.port} is still in use after stopping '{name}'",
+                                               details=[o.describe() for o in stopped.port_owners],
+                                               hint=f"`inv stop-server --port {stopped.port}` stops whatever holds it")))
+    if len(problems) == 1:
+        raise problems[0][1]
+    if problems:
+        which = ", ".join(f"'{n}'" for n in dict.fromkeys(n for n, _ in problems))
+        err = GpuopsError(f"{len(problems)} problems while stopping {which} (each server was still tried):",
+                          details=[line for name, p in problems for line in f"'{name}': {p.render()}".splitlines()])
+        err.exit_code = problems[0][1].exit_code
+        raise err
 
-            raise GpuopsError(f"port {stopped.port} is still in use after stopping '{name}'",
-                              details=[o.describe() for o in stopped.port_owners],
-                              hint=f"`inv stop-server --port {stopped.port}` stops whatever holds it")
+
+def _default_server_name(c, rd, agents_file) -> str:
+    """The first recipe's name; if AGENTS.local.md is missing or broken, the one running server gpuops
+    has a record of (a broken file must not keep a running server from being stopped)."""
+    from gpuops import procs, state
+    from gpuops.errors import RecipeError
+
+    try:
+        return _recipe(c, None, agents_file).name
+    except RecipeError as err:
+        live = [r.name for r in state.all_records(rd) if procs.matches(r.pid, r.create_time)]
+        if len(live) > 1:
+            raise RecipeError(f"{err.message}; {len(live)} servers are running",
+                              hint=f"name one: `inv stop-server --server NAME` ({', '.join(live)}), or --all") from None
+        if not live:
+            raise
+        _out(f"note: {err.message}; stopping the running server '{live[0]}'")
+        return live[0]
 
 
 def _verify_gpus_released(c, stopped) -> None:
     """After the tree is gone: wait until NVML lists none of its PIDs (memory freed lags the exit)."""
     from gpuops import gpus
 
-    pids = [v.pid for v in stopped.report.stopped]
-    inv = gpus.inventory()
-    if inv.unavailable:
-        return
-    held = [p for g in inv.gpus for p in g.processes if p.pid in pids]
-    if not held:
-        return
-    _out(f"waiting for the GPUs to release the memory of {len(held)} process(es)...")
-    gpus.wait_released(pids, float(setting(c, "gpu_release_timeout")))
-    freed = sum(p.used_mib or 0 for p in held)
-    _out(f"GPU memory released ({freed:.0f} MiB)")
+    gpus.report_release(stopped.name, [v.pid for v in stopped.report.stopped],
+                        float(setting(c, "gpu_release_timeout")), write=_out)
 
 
 @task(help={"json": "Print machine-readable JSON instead of a table."})
 @edge
 def status(c, json=False):  # noqa: A002
-    """Each known server: state (starting, ready, unresponsive, exited), PID, port, URL, uptime, log.
+    """Each known server: state (starting, ready, unresponsive, exited, stopped), PID, port, URL, uptime, log.
 
     inv status
     inv status --json | jq '.[0].url'
@@ -248,7 +275,7 @@ def status(c, json=False):  # noqa: A002
         table.add_column(column, overflow="fold")  # a URL or log path cut short with "…" is useless
     for s in servers:
         table.add_row(s.name, s.state, str(s.pid), str(s.port or "-"), s.url or "-",
-                      lifecycle.format_uptime(s.uptime), s.engine, s.log_path)
+                      lifecycle.format_uptime(s.uptime), s.engine, shown(s.log_path))
     Console().print(table)
 
 
@@ -262,7 +289,7 @@ def status(c, json=False):  # noqa: A002
     }
 )
 @edge
-def logs(c, name=None, prefix=None, lines=50, follow=False, list=False):  # noqa: A002
+def logs(c, name=None, prefix=None, lines=None, follow=False, list=False):  # noqa: A002
     """Show the last lines of the newest log (or a chosen one); list them; follow them.
 
     inv logs                 # last 50 lines of the newest log
@@ -274,6 +301,7 @@ def logs(c, name=None, prefix=None, lines=50, follow=False, list=False):  # noqa
     from gpuops import logs as runlogs
     from gpuops.errors import UsageError
 
+    count = number("--lines", 50 if lines is None else lines, whole=True, low_ok=True)
     folder = run_dir(c).logs
     found = runlogs.list_logs(folder, prefix)
     if list:
@@ -293,11 +321,11 @@ def logs(c, name=None, prefix=None, lines=50, follow=False, list=False):  # noqa
     _out(f"==> {path} <==")
     if follow:
         try:
-            runlogs.follow(path, _out, from_lines=int(lines))
+            runlogs.follow(path, _out, from_lines=count)
         except KeyboardInterrupt:
             _out("(stopped following)")
         return
-    for line in runlogs.tail_lines(path, int(lines)):
+    for line in runlogs.tail_lines(path, count):
         _out(line)
 
 
@@ -368,15 +396,14 @@ def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False,
     if chat and completion:
         raise UsageError("--chat and --completion contradict each other", hint="pass one of them")
     use_chat = chat or (not completion and bool(setting(c, "smoke_chat")))
-    presets = sm.load_presets(c.config.gpuops.get("smoke_presets"), setting(c, "agents_file", agents_file))
-    text, tokens = sm.resolve_preset(presets, preset, prompt, max_tokens)
-    seconds = sm.positive("--timeout", setting(c, "smoke_timeout", timeout))
+    text, tokens = sm.resolve_preset(_smoke_presets(c, agents_file), preset, prompt, max_tokens)
+    seconds = number("--timeout", setting(c, "smoke_timeout", timeout))
     target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
     try:
         result = sm.run_smoke(target.url, target.engine, prompt=text, max_tokens=tokens, stream=stream, chat=use_chat,
-                              model=model, timeout=seconds)
+                              model=model, timeout=seconds, log_shown=bool(target.log_path))
     except RequestFailed as err:
-        raise sm.add_log_tail(err, target.log_path) from None
+        raise sm.with_server_log(err, target) from None
     for line in result.render(text):
         _out(line)
 
@@ -411,10 +438,11 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
     from gpuops.errors import RequestFailed
 
     # bad numbers first: nothing is asked of the server and no folder is made
-    steps = sm.positive("--num-steps", setting(c, "profile_num_steps", num_steps), whole=True)
-    seconds = sm.positive("--duration", duration) if duration is not None else None
-    settle = sm.positive("--settle-timeout", setting(c, "profile_settle_timeout", settle_timeout))
-    rows = sm.positive("--top", top if top is not None else 10, whole=True)
+    steps = number("--num-steps", setting(c, "profile_num_steps", num_steps), whole=True)
+    seconds = number("--duration", duration) if duration is not None else None
+    settle = number("--settle-timeout", setting(c, "profile_settle_timeout", settle_timeout))
+    rows = number("--top", top if top is not None else 10, whole=True)
+    quiet = number("gpuops.profile_quiet_seconds", setting(c, "profile_quiet_seconds"))
     target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
     flavour = profiling.flavour_of(target.engine)  # no endpoint: say what to use, before making folders
     out = Path(dir) if dir else profiling.new_profile_dir(run_dir(c).profiles)
@@ -426,9 +454,10 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
     try:
         result = profiling.capture(target.url, target.engine, out_dir=out, num_steps=steps, with_stack=with_stack,
                                    load=load, duration=seconds, settle_timeout=settle, write=_out,
-                                   server_dir=server_dir)
+                                   server_dir=server_dir, quiet=quiet, log_shown=bool(target.log_path),
+                                   suggest_dir=(run_dir(c).root / "vllm_traces").absolute())
     except RequestFailed as err:
-        raise sm.add_log_tail(err, target.log_path) from None
+        raise sm.with_server_log(err, target) from None
     finally:
         if not dir and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed capture leaves no empty timestamp folder behind
@@ -441,11 +470,12 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
 
 
 @task(
-    auto_shortflags=False,  # 25 flags: generated one-letter flags would be arbitrary (and one would be -h)
+    auto_shortflags=False,  # 26 flags: generated one-letter flags would be arbitrary (and one would be -h)
     help={
         "users": "Concurrent users, each sending its next request when the last one finished (default 4). "
-        "With --qps: the cap on requests in flight (default 64).",
-        "spawn-rate": "Users started per second (default: all at once).",
+        "With --qps: the cap on requests in flight (default 64; the '## Load test' block's --users applies "
+        "only if the block also gives --qps).",
+        "spawn-rate": "Users started per second (default: all at once; with --qps, like --users).",
         "run-time": "How long to send load: 30s, 90, 2m, 1m30s, 1h (default 30s). Requests in flight then "
         "get up to 30 s to finish.",
         "prompt-tokens": "Prompt length in words, about one token each (default 128); reported from the server's usage.",
@@ -455,20 +485,24 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
         "chat": "Use /v1/chat/completions.",
         "completion": "Use /v1/completions (the default).",
         "model": "Model name to send (default: the first id of GET /v1/models).",
-        "qps": "Open loop: send this many requests per second on a fixed schedule instead of a fixed concurrency.",
+        "qps": "Open loop: send this many requests per second on a fixed schedule instead of a fixed concurrency; "
+        "'off' turns off a --qps from the '## Load test' block.",
         "arrival": "With --qps: poisson (default, like real traffic) or constant spacing.",
         "seed": "Seed for the prompt text and the --qps schedule (default 0). Salts stay unique per run.",
         "url": "Load this server (http://HOST:PORT) instead of the running one gpuops started.",
         "server": "Which running server (recipe name) to load (default: the newest running one).",
         "workers": "Load-generating processes (default 1). Above 1: a Locust master plus N workers, to use more cores.",
-        "sweep": "Run one test per level and chart them: user counts (1,2,4,8) or, with --qps, rates (0.5,1,2).",
+        "sweep": "Run one test per level and chart them: user counts (1,2,4,8) or, with --qps, rates (0.5,1,2); "
+        "'off' turns off the block's --sweep.",
         "detach": "Run in the background with its own log (do_not_commit/server_logs/locust-*.log), follow it "
         "here; Ctrl-C stops following, not the test.",
         "web": "Open Locust's own web UI (http://127.0.0.1:PORT) instead of a headless run; Ctrl-C here ends it.",
         "shared-prefix": "Send the same prompt every time (measures a warm prefix cache); default: salted per request.",
-        "slo-ttft-ms": "Goodput: a request counts as good only with TTFT at most this many ms.",
-        "slo-tpot-ms": "Goodput: a request counts as good only with TPOT at most this many ms.",
-        "slo-e2el-ms": "Goodput: a request counts as good only with end-to-end latency at most this many ms.",
+        "no-shared-prefix": "Salt every prompt (the default): turns off the block's --shared-prefix.",
+        "slo-ttft-ms": "Goodput: a request counts as good only with TTFT at most this many ms ('off' or 0: none).",
+        "slo-tpot-ms": "Goodput: a request counts as good only with TPOT at most this many ms ('off' or 0: none).",
+        "slo-e2el-ms": "Goodput: a request counts as good only with end-to-end latency at most this many ms "
+        "('off' or 0: none).",
         "request-timeout": "Seconds a request may wait for its next bytes before it fails (default 300).",
         "out": "Write the report into this new (or empty) folder instead of do_not_commit/load_tests/<timestamp>/.",
         "agents-file": "Path of the file whose '## Load test' block gives default flags (default: AGENTS.local.md).",
@@ -477,8 +511,9 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
 @edge
 def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None, max_tokens=None, stream=False,
               no_stream=False, chat=False, completion=False, model=None, qps=None, arrival=None, seed=None, url=None,
-              server=None, workers=None, sweep=None, detach=False, web=False, shared_prefix=False, slo_ttft_ms=None,
-              slo_tpot_ms=None, slo_e2el_ms=None, request_timeout=None, out=None, agents_file=None):
+              server=None, workers=None, sweep=None, detach=False, web=False, shared_prefix=False,
+              no_shared_prefix=False, slo_ttft_ms=None, slo_tpot_ms=None, slo_e2el_ms=None, request_timeout=None,
+              out=None, agents_file=None):
     """Load-test the running server with Locust: TTFT, ITL, TPOT, E2EL percentiles from raw records.
 
     inv load-test                              # flags from AGENTS.local.md's '## Load test' block
@@ -490,7 +525,8 @@ def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None,
     from gpuops.loadtest import command
 
     for (a, given_a), (b, given_b) in ((("stream", stream), ("no-stream", no_stream)),
-                                       (("chat", chat), ("completion", completion))):
+                                       (("chat", chat), ("completion", completion)),
+                                       (("shared-prefix", shared_prefix), ("no-shared-prefix", no_shared_prefix))):
         if given_a and given_b:
             raise UsageError(f"--{a} and --{b} contradict each other", hint=f"give one of --{a}, --{b}")
     cli = {"users": users, "spawn_rate": spawn_rate, "run_time": run_time, "prompt_tokens": prompt_tokens,
@@ -499,7 +535,8 @@ def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None,
            "slo_tpot_ms": slo_tpot_ms, "slo_e2el_ms": slo_e2el_ms, "request_timeout": request_timeout, "out": out,
            "stream": True if stream else (False if no_stream else None),
            "api": "chat" if chat else ("completion" if completion else None),
-           "shared_prefix": shared_prefix or None, "detach": detach or None, "web": web or None}
+           "shared_prefix": True if shared_prefix else (False if no_shared_prefix else None),
+           "detach": detach or None, "web": web or None}
     prepared = command.prepare(cli, agents_file=setting(c, "agents_file", agents_file), run_dir=run_dir(c))
     if prepared.opts.detach:
         code = command.run_detached(prepared, _out)

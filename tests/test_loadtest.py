@@ -22,8 +22,8 @@ import requests
 
 from conftest import free_port, wait_for
 from gpuops.config import RunDir
-from gpuops.loadtest import metrics
-from gpuops.loadtest.runner import RecordTail, server_lost
+from gpuops.loadtest import metrics, options
+from gpuops.loadtest.runner import RecordTail, Target, server_lost, silence_s, sweep_title
 from gpuops.state import StateRecord, save
 
 TTFT_MS, ITL_MS = 100.0, 20.0
@@ -175,8 +175,10 @@ def test_qps_mode_keeps_the_schedule_and_records_due_and_sent_times(project, dem
     for r in records:
         assert r["start"] - r["due"] == pytest.approx(r["lag_ms"] / 1000, abs=0.01)
     s = _summary(_report_dir(project))
-    # a request sent just as Locust stops is cut off (cancelled) and, like in every statistic, not counted
-    assert s["scheduled"] == sum(1 for r in records if not r["cancelled"])
+    # the schedule ends when Locust stops (its clock starts before the users' warm-up): every request due
+    # was sent and answered, none is left to be cut off
+    assert s["scheduled"] == len(records) and s["never_sent"] == 0
+    assert not any(r["cancelled"] for r in records)
     assert s["median_send_lag_ms"] < metrics.LATE_MS
 
 
@@ -191,6 +193,23 @@ def test_qps_mode_flags_a_client_that_falls_behind(project, demo):
     assert s["max_send_lag_ms"] > 1000
     assert s["median_ttft_from_due_ms"] > s["median_ttft_ms"] + 500  # what on-schedule users would have waited
     assert "fell behind its schedule" in res.out and "coordinated omission" in res.out
+    # about 60 were due in 3 s; the ~10 the one user sent are not all: the rest were never sent, and late
+    assert s["scheduled"] >= 55 and s["sent"] == len(metrics.read_records(_report_dir(project) / "records.jsonl"))
+    assert s["never_sent"] == s["scheduled"] - s["sent"] > 40
+    assert s["late_requests"] >= s["never_sent"] and s["late_fraction"] > 0.9
+    assert "the only user was busy at once" in res.out and "--users caps the requests in flight" in res.out
+
+
+def test_qps_from_the_command_line_is_not_capped_by_the_blocks_closed_loop_users(project, demo):
+    pytest.importorskip("gpuops.recipes")
+    server = demo()
+    # one user could send about 6 of these a second (100 ms + 3 x 20 ms each); 8 a second are asked for
+    _agents_with_load_test(project, server.port, "--users 1 --spawn-rate 1 --run-time 3s --max-tokens 4")
+    res = _load_test(project, "--url", server.url, "--qps", "8", "--arrival", "constant")
+    assert res.code == 0, res.text
+    s = _summary(_report_dir(project))
+    assert s["max_concurrency"] == options.DEFAULT_QPS_USERS and s["options"]["run_time_s"] == 3
+    assert s["fell_behind"] is False and s["never_sent"] == 0, res.out
 
 
 # ---------------------------------------------------------------- scale
@@ -347,6 +366,67 @@ def _record_for(server: Demo, project) -> None:
         engine="demo"))
 
 
+def test_a_run_where_no_request_succeeds_is_exit_7_and_keeps_its_results(project, demo):
+    server = demo()
+    res = _load_test(project, "--url", server.url, "--users", "2", "--run-time", "2s", "--request-timeout", "0.001")
+    assert res.code == 7, res.text
+    assert "no request succeeded" in res.err and "partial results kept in" in res.err
+    assert "request timeout" in res.err and "Traceback" not in res.text and "internal error" not in res.text
+    assert "NO REQUEST SUCCEEDED" in res.out
+    s = _summary(_report_dir(project))
+    assert s["completed"] == 0 and s["failed"] > 0 and s["failure_kinds"].keys() <= {"timeout"}
+
+
+def test_a_sweep_level_where_no_request_succeeds_ends_the_sweep_and_keeps_sweep_json(project, demo):
+    server = demo()
+    res = _load_test(project, "--url", server.url, "--sweep", "1,2", "--run-time", "2s", "--request-timeout", "0.001")
+    assert res.code == 7, res.text
+    assert "no request succeeded (sweep level 1)" in res.err and "Traceback" not in res.text
+    folder = _report_dir(project)
+    sweep = json.loads((folder / "sweep.json").read_text())
+    assert sweep["complete"] is False and [r["level"] for r in sweep["rows"]] == [1]
+    assert not (folder / "02-users-2").exists()  # the next level was not run against a failing setup
+
+
+def test_server_dying_before_its_first_answer_is_exit_7_with_partial_results(project, demo):
+    server = demo(ttft_ms=2500)  # the load's requests are all still waiting for their first token
+    _record_for(server, project)
+    proc = project.spawn("load-test", "--users", "2", "--run-time", "60s", "--max-tokens", "4")
+    try:
+        samples = lambda: list((project.run_dir / "load_tests").glob("*/client-w*.jsonl"))  # noqa: E731
+        assert wait_for(lambda: samples() and samples()[0].stat().st_size > 0, timeout=40), "Locust did not start"
+        server.kill()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 7, out
+    assert "partial results kept in" in out and "0 request(s) completed" in out
+    assert "Traceback" not in out and "internal error" not in out
+    s = _summary(_report_dir(project))
+    assert s["status"] == "server_lost" and s["partial"] is True and s["completed"] == 0
+
+
+def test_a_server_that_stops_answering_without_closing_connections_is_a_stall(project, demo):
+    server = demo()
+    proc = project.spawn("load-test", "--url", server.url, "--users", "2", "--run-time", "60s", "--max-tokens", "8")
+    try:
+        assert wait_for(lambda: _records_appear(project), timeout=30), "no records appeared"
+        stopped_at = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGSTOP)  # alive, connections open, answering nothing
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped_at
+    finally:
+        _stop(proc)
+        server.kill()
+    assert proc.returncode == 7, out
+    assert "the server stopped answering" in out and "PARTIAL RESULTS" in out and "partial results kept in" in out
+    s = _summary(_report_dir(project))
+    assert s["status"] == "stalled" and s["partial"] is True and s["completed"] >= 1
+    assert s["cancelled"] >= 1  # the requests it never answered, cut off and not counted
+    assert metrics.STALL_MIN_S <= took < metrics.STALL_MIN_S + 20  # noticed after 10 s of silence, not 60
+    assert wait_for(lambda: _no_locust_left(project), timeout=10)
+
+
 def test_server_killed_mid_run_keeps_partial_results_and_says_so(project, demo):
     server = demo()
     _record_for(server, project)  # found like a server gpuops started: no --url
@@ -395,6 +475,25 @@ def test_killing_a_foreground_load_test_stops_locust_and_keeps_partial_results(p
     assert "partial results kept in" in out and "Traceback" not in out
     s = _summary(_report_dir(project))
     assert s["status"] == "interrupted" and s["partial"] is True and s["completed"] >= 1
+    assert wait_for(lambda: _no_locust_left(project), timeout=10)
+
+
+def test_further_ctrl_c_while_stopping_are_ignored_until_the_report_is_written(project, demo):
+    server = demo()
+    proc = project.spawn("load-test", "--url", server.url, "--users", "2", "--run-time", "60s", "--max-tokens", "8")
+    try:
+        assert wait_for(lambda: _records_appear(project), timeout=30), "no records appeared"
+        for _ in range(6):  # an impatient user: Ctrl-C, Ctrl-C, Ctrl-C...
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 130, out
+    assert "already stopping" in out and "partial results kept in" in out and "Traceback" not in out
+    s = _summary(_report_dir(project))  # the report was written in spite of the later Ctrl-C
+    assert s["status"] == "interrupted" and s["partial"] is True and s["completed"] >= 1
+    assert (_report_dir(project) / "records.jsonl").exists()
     assert wait_for(lambda: _no_locust_left(project), timeout=10)
 
 
@@ -519,6 +618,19 @@ def test_prompts_are_salted_and_streams_are_judged_to_the_chunk(project, scripte
     assert "answer(s) carried no usage" in res.out
 
 
+def test_flags_from_the_agents_file_can_be_turned_off_on_the_command_line(project, scripted):
+    pytest.importorskip("gpuops.recipes")
+    project.write_agents("## Load test\n\n```bash\n--qps 50 --shared-prefix --slo-ttft-ms 1 --sweep 1,2 "
+                         "--run-time 2s --users 2 --prompt-tokens 20 --max-tokens 3\n```\n")
+    res = _load_test(project, "--url", scripted, "--qps", "off", "--no-shared-prefix", "--slo-ttft-ms", "off",
+                     "--sweep", "off")
+    assert res.code == 0, res.text
+    s = _summary(_report_dir(project))
+    assert s["mode"] == "users" and s["slo"] is None and s["level"] is None and s["max_concurrency"] == 2
+    firsts = [b["prompt"].split()[0] for b in _Scripted.bodies[1:]]
+    assert len(firsts) >= 4 and len(set(firsts)) == len(firsts)  # salted again
+
+
 def test_shared_prefix_sends_the_same_prompt_every_time(project, scripted):
     res = _load_test(project, "--url", scripted, "--users", "2", "--run-time", "2s", "--prompt-tokens", "20",
                      "--shared-prefix", "--chat")
@@ -544,6 +656,26 @@ def test_shared_prefix_sends_the_same_prompt_every_time(project, scripted):
 def test_server_lost_needs_a_run_of_refused_connections(kinds, lost):
     records = [{"error_kind": None if k == "ok" else k} for k in kinds]
     assert server_lost(records, 5) is lost
+
+
+@pytest.mark.parametrize(
+    ("samples", "silence"),
+    [
+        ({}, None),
+        ({0: {"t": 100.0, "in_flight": 0, "quiet_s": 0.0}}, None),  # nothing asked: silence is not a stall
+        ({0: {"t": 100.0, "in_flight": 2, "quiet_s": 12.0}}, 12.5),  # the sample is 0.5 s old
+        ({0: {"t": 100.0, "in_flight": 2, "quiet_s": 12.0}, 1: {"t": 100.0, "in_flight": 1, "quiet_s": 0.1}}, 0.6),
+        ({0: {"t": 90.0, "in_flight": 2, "quiet_s": 1.0}}, 3.0),  # a process that stopped sampling: at most +2 s
+    ],
+)
+def test_silence_is_what_every_busy_load_process_heard_nothing_for(samples, silence):
+    assert silence_s(samples, now=100.5) == (pytest.approx(silence) if silence is not None else None)
+
+
+def test_a_sweep_chart_is_titled_by_its_levels_not_the_base_options():
+    opts = options.build_options(options.merge({}, {"sweep": "1,4", "users": "4"}))
+    title = sweep_title(opts, Target(url="http://h:1", model="m"))
+    assert "sweep of 1, 4 users" in title and "| 4 users |" not in title
 
 
 def test_record_tail_returns_only_whole_new_lines(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gpuops.errors import UsageError
-from gpuops.loadtest import metrics, options, prompts
-from gpuops.loadtest.arrivals import ArrivalSchedule
+from gpuops.loadtest import metrics, options, prompts, report
+from gpuops.loadtest.arrivals import ArrivalSchedule, due_count
 from gpuops.loadtest.openai_stream import (
     DONE,
     StreamFormatError,
@@ -98,12 +98,13 @@ def test_slo_needs_every_target_met(record, slo, good):
 
 
 def _rec(i, start, ttft, itls, tokens, *, ok=True, prompt=10, error=None, kind=None, cancelled=False,
-         due=None, lag=None, tokens_from="usage"):
-    e2el = ttft + sum(itls) if ttft is not None else 50.0
-    return {"id": f"w0-{i}", "worker": 0, "start": start, "end": start + e2el / 1000.0, "ok": ok,
+         due=None, lag=None, tokens_from="usage", e2el=None, worker=0, **extra):
+    if e2el is None:
+        e2el = ttft + sum(itls) if ttft is not None else 50.0
+    return {"id": f"w{worker}-{i}", "worker": worker, "start": start, "end": start + e2el / 1000.0, "ok": ok,
             "cancelled": cancelled, "error": error, "error_kind": kind, "ttft_ms": ttft, "e2el_ms": e2el,
             "itl_ms": list(itls), "output_tokens": tokens, "prompt_tokens": prompt, "tokens_from": tokens_from,
-            "due": due, "lag_ms": lag}
+            "due": due, "lag_ms": lag, **extra}
 
 
 def test_summary_counts_tokens_throughput_and_latency_from_raw_values():
@@ -148,6 +149,19 @@ def test_summary_goodput_counts_requests_meeting_every_slo():
     assert s["slo"] == {"ttft": 200.0, "tpot": 25.0}
 
 
+def test_summary_lines_of_a_run_where_no_request_succeeded_say_so_without_crashing():
+    records = [_rec(i, 100.0 + i * 0.1, None, [], None, ok=False, error="no response before the request timeout",
+                    kind="timeout") for i in range(5)]
+    s = metrics.summarize(records)
+    assert s["completed"] == 0 and s["output_throughput"] == 0.0 and s["mean_output_tokens"] is None
+    lines = report.summary_lines({**s, "partial": True, "status_reason": "the server went away"})
+    text = "\n".join(lines)
+    assert "requests: 0 completed, 5 failed" in text
+    assert "NO REQUEST SUCCEEDED" in text and "failed: 5 x no response before the request timeout" in text
+    assert "tokens:" not in text and "TTFT" not in text  # nothing measured: no empty table, no token line
+    assert lines[-1] == "PARTIAL RESULTS: the server went away"
+
+
 def test_summary_of_no_records_has_no_throughput():
     s = metrics.summarize([])
     assert s["completed"] == 0 and s["duration"] == 0.0
@@ -172,6 +186,89 @@ def test_send_lag_flags_a_client_that_fell_behind(lags, fell_behind, late):
     assert s["max_send_lag_ms"] == max(lags)
     # TTFT from the due time adds the lag: what a user arriving on schedule waited
     assert s["max_ttft_from_due_ms"] == pytest.approx(100.0 + max(lags))
+
+
+def test_requests_due_but_never_sent_count_as_late():
+    # 10 due by the schedule, 4 sent on time: the 6 never sent (every user busy) are the coordinated omission
+    records = [_rec(i, float(i), 100.0, [20.0], 2, due=float(i), lag=1.0) for i in range(4)]
+    s = metrics.summarize(records, due=10)
+    assert (s["scheduled"], s["sent"], s["never_sent"]) == (10, 4, 6)
+    assert s["late_requests"] == 6 and s["late_fraction"] == pytest.approx(0.6)
+    assert s["fell_behind"] is True
+    assert s["median_send_lag_ms"] == 1.0  # the lag of those sent; the unsent have none to show
+    # a request cut off at the end was still sent: it is not "never sent"
+    cut = _rec(9, 9.0, None, [], None, ok=False, cancelled=True, due=9.0, lag=2.0)
+    assert metrics.summarize(records + [cut], due=5)["never_sent"] == 0
+    assert metrics.summarize(records)["never_sent"] == 0  # closed loop or unknown schedule: only what was sent
+
+
+def test_due_count_is_what_the_worker_schedule_draws():
+    for kwargs in ({"rate": 7.0, "arrival": "poisson", "seed": 3}, {"rate": 5.0, "arrival": "constant", "seed": 0}):
+        for worker in (0, 1):
+            s = ArrivalSchedule(**kwargs, worker=worker, workers=2, end_s=4.0)
+            drawn = list(iter(s.next_due, None))
+            assert due_count(**kwargs, worker=worker, workers=2, end_s=4.0) == len(drawn)
+            # stopped early at 2.5 s: only those due before then
+            assert due_count(**kwargs, worker=worker, workers=2, end_s=4.0, until_s=2.5) == sum(
+                1 for d in drawn if d < 2.5)
+    assert due_count(5.0, "constant", 0, until_s=1.0) == 5  # open-ended (web UI): up to the stop
+    with pytest.raises(ValueError):
+        due_count(5.0, "constant", 0)
+
+
+def test_peak_in_flight_counts_overlapping_requests_per_process():
+    records = [_rec(1, 0.0, 100.0, [], 1, e2el=1000.0), _rec(2, 0.5, 100.0, [], 1, e2el=1000.0),
+               _rec(3, 1.0, 100.0, [], 1, e2el=1000.0),  # starts as the first ends: the freed user is reused
+               _rec(4, 0.6, 100.0, [], 1, e2el=300.0, worker=1)]
+    total, per_worker = metrics.peak_in_flight(records)
+    assert total == 3 and per_worker == {0: 2, 1: 1}
+
+
+@pytest.mark.parametrize(
+    ("users", "spawn_rate", "client_bound", "overlap", "late_dues", "cause"),
+    [
+        (2, 2.0, False, 2, [5.0], "all 2 users were busy at once: in --qps mode --users caps the requests in flight"),
+        (1, 1.0, False, 1, [5.0], "the only user was busy at once"),
+        (8, 1.0, False, 2, [0.5, 1.0, 2.0], "users were still being started (--spawn-rate 1 starts 8 users over 8 s)"),
+        (8, 8.0, True, 2, [5.0], "the load generator was saturated"),
+        (8, 8.0, False, 2, [5.0], "users were free and it was not saturated"),
+    ],
+)
+def test_behind_cause_names_what_held_the_schedule_back(users, spawn_rate, client_bound, overlap, late_dues, cause):
+    records = [_rec(i, 0.0, 100.0, [], 1, e2el=1000.0, due=0.0, lag=0.0) for i in range(overlap)]
+    records += [_rec(10 + i, due + 0.2, 100.0, [], 1, due=due, lag=200.0) for i, due in enumerate(late_dues)]
+    summary = {"client": {"client_bound": client_bound}}
+    assert cause in metrics.behind_cause(summary, records, users=users, spawn_rate=spawn_rate)
+
+
+@pytest.mark.parametrize(
+    ("summary", "stream", "seconds"),
+    [
+        ({}, True, metrics.STALL_FIRST_S),  # nothing finished yet: no usual wait to go by
+        ({"median_ttft_ms": 100.0, "median_e2el_ms": 1300.0}, True, metrics.STALL_MIN_S),
+        ({"median_ttft_ms": 8000.0, "median_e2el_ms": 60000.0}, True, 24.0),  # a long prefill: 3 x TTFT
+        ({"median_ttft_ms": None, "median_e2el_ms": 20000.0}, False, 60.0),  # not streamed: 3 x E2EL
+    ],
+)
+def test_a_stall_is_silence_longer_than_a_few_usual_waits(summary, stream, seconds):
+    assert metrics.stall_after_s(summary, stream) == pytest.approx(seconds)
+
+
+def test_requests_cut_off_after_a_long_silence_are_a_stall_unless_the_server_was_still_answering():
+    def cut(i, start, e2el_ms, silent_ms, how="end"):
+        return _rec(i, start, None, [], None, ok=False, cancelled=True, e2el=e2el_ms, cut=how, silent_ms=silent_ms)
+
+    done = _rec(1, 0.0, 100.0, [20.0], 2)  # answered at 0.12 s, then nothing
+    silent = [cut(2, 0.1, 45000.0, 45000.0), cut(3, 5.0, 40100.0, 40100.0)]  # both cut at 45.1 s
+    assert [r["id"] for r in metrics.silent_cut_offs([done, *silent], 30.0)] == ["w0-2", "w0-3"]
+    # one still streaming until the cut: the server was alive, the other was only queued behind it
+    streaming = cut(4, 0.0, 45100.0, 20.0)
+    assert metrics.silent_cut_offs([done, *silent, streaming], 30.0) == []
+    # an answer 10 s before the cut: alive too
+    late = _rec(5, 35.0, 100.0, [20.0], 2)
+    assert metrics.silent_cut_offs([done, *silent, late], 30.0) == []
+    # cut off because the run was stopped early (Ctrl-C, a lost server): not this rule's business
+    assert metrics.silent_cut_offs([done, cut(6, 0.1, 45000.0, 45000.0, how="stop")], 30.0) == []
 
 
 def test_client_load_flags_a_saturated_or_lagging_worker_and_skips_startup_and_idle_samples():
@@ -208,10 +305,25 @@ def test_time_series_places_tokens_at_their_chunk_times():
     # one request: first token at 0.5 s, then 4 chunks every 0.5 s (tokens at 0.5, 1.0, 1.5, 2.0, 2.5)
     r = _rec(1, 10.0, 500.0, [500.0] * 4, 10)
     series = metrics.time_series([r], bin_s=1.0)
-    tokens = [b["output_throughput"] for b in series["bins"]]
+    bins = series["bins"]
+    assert [b["width_s"] for b in bins] == pytest.approx([1.0, 1.0, 0.5])  # the run ends half-way into bin 3
+    tokens = [b["output_throughput"] * b["width_s"] for b in bins]
     assert tokens == pytest.approx([2.0, 4.0, 4.0])  # 2 tokens per chunk
-    assert [b["completed"] for b in series["bins"]] == [0, 0, 1]
-    assert series["bins"][2]["p50_ttft_ms"] == 500.0
+    assert [b["completed"] for b in bins] == [0, 0, 1]
+    assert bins[2]["p50_ttft_ms"] == 500.0
+
+
+def test_time_series_last_bin_rate_divides_by_the_part_of_it_the_run_covered():
+    # a steady 10 tokens/s (one token every 0.1 s) for 2.6 s: the last bin is 0.6 s long, not 1 s
+    r = _rec(1, 0.0, 100.0, [100.0] * 25, 26)
+    bins = metrics.time_series([r], bin_s=1.0)["bins"]
+    assert [b["width_s"] for b in bins] == pytest.approx([1.0, 1.0, 0.6])
+    assert bins[-1]["output_throughput"] == pytest.approx(10.0, rel=0.2)  # not a false drop to 6 tok/s
+    # a sliver under half a bin joins the bin before it, instead of being a noisy bin of its own
+    r = _rec(1, 0.0, 100.0, [100.0] * 21, 22)  # 2.2 s
+    bins = metrics.time_series([r], bin_s=1.0)["bins"]
+    assert [b["width_s"] for b in bins] == pytest.approx([1.0, 1.2])
+    assert bins[-1]["output_throughput"] == pytest.approx(10.0, rel=0.2)
 
 
 def test_read_records_skips_a_torn_last_line(tmp_path):
@@ -367,6 +479,32 @@ def test_defaults_differ_in_qps_mode():
     assert opts.mode == "qps" and opts.users == options.DEFAULT_QPS_USERS and opts.qps == 2.5
 
 
+def test_the_blocks_closed_loop_users_do_not_cap_a_qps_run_asked_for_on_the_command_line():
+    block = options.parse_flag_words(["--users", "4", "--spawn-rate", "4", "--run-time", "20s"], source="AGENTS.local.md")
+    opts = options.build_options(options.merge(block, {"qps": "8"}))
+    assert (opts.users, opts.spawn_rate, opts.run_time_s) == (options.DEFAULT_QPS_USERS, 64.0, 20)
+    opts = options.build_options(options.merge(block, {"qps": "8", "users": "16"}))  # the command line's own cap
+    assert (opts.users, opts.spawn_rate) == (16, 16.0)
+    # a block that gives --qps itself meant its --users as the cap
+    qps_block = options.parse_flag_words(["--qps", "2", "--users", "4"], source="AGENTS.local.md")
+    assert options.build_options(options.merge(qps_block, {})).users == 4
+    assert options.build_options(options.merge(qps_block, {"qps": "3"})).users == options.DEFAULT_QPS_USERS
+
+
+def test_flags_the_block_sets_can_be_turned_off_on_the_command_line():
+    block = options.parse_flag_words(["--qps", "4", "--arrival", "constant", "--sweep", "1,2", "--shared-prefix",
+                                      "--slo-ttft-ms", "200", "--slo-tpot-ms", "20", "--users", "3"],
+                                     source="AGENTS.local.md")
+    opts = options.build_options(options.merge(block, {"qps": "off", "sweep": "off", "shared_prefix": False,
+                                                       "slo_ttft_ms": "off", "slo_tpot_ms": "0"}))
+    assert opts.mode == "users" and opts.qps is None and opts.sweep == () and opts.shared_prefix is False
+    assert opts.slo == {} and opts.users == 3  # closed loop again: the block's --users applies
+    assert options.build_options(options.merge(block, {"slo_tpot_ms": "OFF"})).slo == {"ttft": 200.0}
+    assert options.parse_flag_words(["--no-shared-prefix"], source="x") == {"shared_prefix": (False, "x")}
+    with pytest.raises(UsageError, match="--arrival only applies with --qps"):  # given on the command line: a mistake
+        options.build_options(options.merge(block, {"qps": "off", "arrival": "poisson"}))
+
+
 @pytest.mark.parametrize(
     ("words", "message"),
     [
@@ -404,7 +542,8 @@ def test_bad_recipe_words_name_the_file(words, message):
         ({"sweep": "1,2.5"}, "user counts"),
         ({"sweep": "1,1"}, "twice"),
         ({"sweep": ","}, "--sweep ','"),
-        ({"slo_ttft_ms": "0"}, "--slo-ttft-ms '0'"),
+        ({"slo_ttft_ms": "-5"}, "--slo-ttft-ms '-5'"),
+        ({"slo_ttft_ms": "of"}, "--slo-ttft-ms 'of'"),
         ({"url": "localhost:8000"}, "--url 'localhost:8000': must be an http://"),
         ({"url": "http://h:99999"}, "bad port"),
         ({"model": " "}, "--model"),

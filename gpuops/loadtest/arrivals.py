@@ -49,3 +49,22 @@ class ArrivalSchedule:
         else:
             self._next = due + self._rng.expovariate(self.worker_rate)
         return due
+
+
+def due_count(rate: float, arrival: str, seed: int, worker: int = 0, workers: int = 1,
+              end_s: float | None = None, until_s: float | None = None) -> int:
+    """How many requests one worker's schedule made due before `end_s` (and before `until_s`, when
+    the load stopped early): the same sequence the worker drew, so unsent ones can be counted.
+
+        >>> due_count(4.0, "constant", seed=0, end_s=1.0), due_count(4.0, "constant", 0, end_s=1.0, until_s=0.3)
+        (4, 2)
+    """
+    bounds = [x for x in (end_s, until_s) if x is not None]
+    if not bounds:
+        raise ValueError("an open-ended schedule needs until_s")
+    limit = min(bounds)
+    schedule = ArrivalSchedule(rate, arrival, seed, worker=worker, workers=workers, end_s=limit)
+    n = 0
+    while schedule.next_due() is not None:
+        n += 1
+    return n

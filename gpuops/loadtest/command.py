@@ -85,7 +85,11 @@ def run_foreground(p: Prepared, write: Write) -> None:
     out, log = _tee(write, p.log_path)
     restore = _stop_on_sigterm()
     try:
-        results = runner.execute(p.opts, p.target, p.report_dir, p.log_path, out)
+        try:
+            results = runner.execute(p.opts, p.target, p.report_dir, p.log_path, out)
+        except KeyboardInterrupt:  # a Ctrl-C honoured once the report being written was complete
+            out(f"interrupted: results kept in {p.report_dir}")
+            raise
         if results and results[-1].status == "interrupted":
             out(f"interrupted: partial results kept in {p.report_dir}")
             raise KeyboardInterrupt

@@ -6,7 +6,9 @@ never imported by `inv`: Locust monkey-patches the standard library with gevent.
     GPUOPS_LOADTEST_PLAN=.../plan-locust.json GPUOPS_LOADTEST_WORKER=0 python -m locust -f locustfile.py ...
 
 Each Locust process appends, one JSON line per request, to `records-w<N>.jsonl`, and once a second
-its CPU use and event-loop lag to `client-w<N>.jsonl`, both in the plan's output folder. Locust's
+its CPU use, event-loop lag, requests in flight and how long it has heard nothing from the server
+to `client-w<N>.jsonl` (what the runner watches for a stalled server), all in the plan's output
+folder; in --qps mode it also writes when its schedule started to `schedule-w<N>.json`. Locust's
 own statistics get the end-to-end latency as the request's response time, plus rows named "TTFT"
 and "TPOT" so its UI, CSV and HTML report show them (bucketed; the records are the exact values).
 
@@ -83,6 +85,11 @@ class _Process:
         self.shared_body = None
         self.stopping = False  # the run is being stopped: its report writing must not count as load
         self.interrupted = False  # Ctrl-C (SIGINT): Locust writes its HTML report while users still run
+        self.environment = None
+        self.test_start_perf = None  # when Locust started the test: its --run-time counts from here
+        self.in_flight = 0
+        self.busy_since = 0.0  # perf time when requests went in flight after none were
+        self.last_data = 0.0  # perf time of the last bytes from the server, any request
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -102,9 +109,17 @@ class _Process:
         self.t0_perf, self.t0_wall = time.perf_counter(), time.time()
         if PLAN.get("qps"):
             workers = max(1, int(PLAN.get("workers", 1)))
-            end = PLAN.get("run_time_s") if PLAN.get("headless", True) else None
+            end = None
+            if PLAN.get("headless", True):
+                # Locust stops --run-time after ITS start; the schedule starts later (after the first
+                # warm-up), so it ends that much earlier: nothing is due that Locust would not send
+                started = self.test_start_perf if self.test_start_perf is not None else self.t0_perf
+                end = max(0.0, PLAN["run_time_s"] - (self.t0_perf - started))
             self.schedule = ArrivalSchedule(PLAN["qps"], PLAN["arrival"], PLAN["seed"], worker=WORKER % workers,
                                             workers=workers, end_s=end)
+            with open(os.path.join(OUT_DIR, f"schedule-w{WORKER}.json"), "w", encoding="utf-8") as f:
+                json.dump({"worker": WORKER, "schedule_worker": WORKER % workers, "workers": workers,
+                           "t0": self.t0_wall, "end_s": end}, f)
         self.sampler = gevent.spawn(_sample_client, environment)
 
 
@@ -126,9 +141,10 @@ def _sample_client(environment) -> None:
                 worst = max(worst, (time.perf_counter() - before - LAG_PROBE_S) * 1000.0)
             runner = environment.runner
             users = runner.user_count if runner is not None else 0
+            quiet = time.perf_counter() - max(STATE.last_data, STATE.busy_since) if STATE.in_flight else 0.0
             out.write(json.dumps({"worker": WORKER, "t": time.time(), "cpu": proc.cpu_percent(None),
-                                  "loop_lag_ms": round(worst, 3), "users": users,
-                                  "stopping": STATE.stopping}) + "\n")
+                                  "loop_lag_ms": round(worst, 3), "users": users, "in_flight": STATE.in_flight,
+                                  "quiet_s": round(quiet, 3), "stopping": STATE.stopping}) + "\n")
 
 
 def _excerpt(raw: bytes) -> str:
@@ -145,11 +161,15 @@ def _excerpt(raw: bytes) -> str:
     return text[:ERROR_EXCERPT] + ("…" if len(text) > ERROR_EXCERPT else "")
 
 
-def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: bool) -> dict:
+def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: bool,
+            heard: dict | None = None) -> dict:
     """Send one request and time it to the chunk; the fields of its record (no identity, no wall times).
 
+    `heard["last"]` (and the process-wide STATE.last_data) get the perf time of every arrival from
+    the server, so a request cut off mid-way can tell how long it had heard nothing.
     Raises GreenletExit through (the user was stopped); every other problem becomes a failed record.
     """
+    heard = {} if heard is None else heard
     rec: dict = {"ok": False, "error": None, "error_kind": None, "status": None, "ttft_ms": None,
                  "e2el_ms": None, "itl_ms": [], "output_tokens": None, "prompt_tokens": None,
                  "tokens_from": None, "chunks": 0, "bytes": 0}
@@ -171,6 +191,7 @@ def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: 
             return _fail(rec, t0, "connect", f"connection failed: {type(err).__name__}: {err}")
         except HTTPException as err:
             return _fail(rec, t0, "http", f"malformed HTTP response: {type(err).__name__}: {err}")
+        heard["last"] = STATE.last_data = time.perf_counter()
         rec["status"] = status = resp.status_code
         ctype = str(resp.get("content-type") or "").lower()
         if status != 200:
@@ -201,6 +222,7 @@ def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: 
             now = time.perf_counter()  # before any parsing: the time the line arrived
             if not line:
                 break
+            heard["last"] = STATE.last_data = now
             rec["bytes"] += len(line)
             chunk = parse_sse_line(line)
             if chunk is None:
@@ -348,8 +370,12 @@ class LLMUser(User):
         if due_perf is not None:
             record["lag_ms"] = round((sent_perf - due_perf) * 1000.0, 3)
             record["due"] = STATE.t0_wall + (due_perf - STATE.t0_perf)
+        heard = {"last": sent_perf}
+        if STATE.in_flight == 0:
+            STATE.busy_since = sent_perf
+        STATE.in_flight += 1
         try:
-            result = measure(self.http, API_PATH, payload, self.headers, PLAN["stream"])
+            result = measure(self.http, API_PATH, payload, self.headers, PLAN["stream"], heard)
         except Exception as err:  # a bug in this file must show as failures, not as a spinning loop
             logging.exception("gpuops client error")
             result = {"ok": False, "error": f"gpuops client error: {type(err).__name__}: {err}",
@@ -358,15 +384,22 @@ class LLMUser(User):
                       "output_tokens": None, "prompt_tokens": None, "tokens_from": None, "chunks": 0, "bytes": 0,
                       "_close": True}
         except GreenletExit as stop:
-            # stopped mid-request at the end of the run: kept, marked, and left out of the statistics
-            record.update(cancelled=True, ok=False, error="cancelled at the end of the run",
-                          error_kind="cancelled", end=time.time(),
-                          e2el_ms=(time.perf_counter() - sent_perf) * 1000.0)
+            # stopped mid-request (the stop grace ran out, or the run was stopped early): kept, marked,
+            # and left out of the statistics; `silent_ms` says how long it had heard nothing
+            now = time.perf_counter()
+            early = STATE.interrupted
+            record.update(cancelled=True, ok=False, error_kind="cancelled", end=time.time(),
+                          error="cut off when the run was stopped" if early
+                          else "cut off at the end of the run (still in flight after the stop grace)",
+                          cut="stop" if early else "end", e2el_ms=(now - sent_perf) * 1000.0,
+                          silent_ms=round((now - heard["last"]) * 1000.0, 3))
             try:
                 STATE.write(record)
             except Exception:  # the stop must go through whatever happens: Locust would keep the user running
                 logging.exception("gpuops: could not record a cancelled request")
             raise stop
+        finally:
+            STATE.in_flight -= 1
         if result.pop("_close", False):
             self.http.close()
             self.http = self._client()
@@ -376,8 +409,8 @@ class LLMUser(User):
         record["end"] = record["start"] + record["e2el_ms"] / 1000.0
         if STATE.interrupted:
             # in flight at Ctrl-C: Locust's report writing stalled this process, so its times are wrong
-            record.update(cancelled=True, ok=False, error="in flight when the run was interrupted",
-                          error_kind="cancelled")
+            record.update(cancelled=True, ok=False, error="in flight when the run was stopped",
+                          error_kind="cancelled", cut="stop")
             STATE.write(record)
             return
         STATE.write(record)
@@ -400,16 +433,34 @@ class LLMUser(User):
 
 
 def _interrupt(_signum, _frame):
+    """SIGINT (from gpuops: Ctrl-C, a lost or stalled server): stop now, once."""
+    if STATE.interrupted:
+        return  # already stopping: a second KeyboardInterrupt would break Locust's report writing
     STATE.interrupted = STATE.stopping = True
+    if STATE.environment is not None:
+        # whatever is in flight is recorded as cancelled anyway (see generate): waiting for it up to
+        # --stop-timeout would only hold the stop back, for as long as 30 s when the server hangs
+        STATE.environment.stop_timeout = 0
     raise KeyboardInterrupt  # what Locust expects: it then writes its reports and quits
 
 
 signal.signal(signal.SIGINT, _interrupt)
 
 
+@events.init.add_listener
+def _init(environment, **_kw):
+    STATE.environment = environment
+    # gevent's loop caches "now" and has not run since Locust's imports began: without this, the
+    # --run-time timer Locust sets next is counted from that stale time and fires a quarter second
+    # early (measured), cutting off the last requests an open-loop schedule made due
+    gevent.get_hub().loop.update_now()
+
+
 @events.test_start.add_listener
 def _running(environment, **_kw):
     STATE.stopping = False  # the web UI can start a new test after a stop
+    if STATE.test_start_perf is None:
+        STATE.test_start_perf = time.perf_counter()
 
 
 @events.test_stopping.add_listener

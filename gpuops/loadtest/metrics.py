@@ -33,6 +33,9 @@ LATE_MS = 25.0  # a request sent this much later than due counts as late
 MAX_LATE_FRACTION = 0.05  # more late requests than this: the client fell behind the schedule
 CPU_BOUND_PCT = 85.0  # a load-generating process this busy (% of one core) is near saturation
 LOOP_LAG_BOUND_MS = 20.0  # its event loop this late (p90 of per-second maxima) delays every timestamp
+STALL_MIN_S = 10.0  # a server silent this long (at least) while requests are in flight has stalled
+STALL_FACTOR = 3.0  # ... or this many times its usual wait (median TTFT streamed, median E2EL not)
+STALL_FIRST_S = 60.0  # before any request has finished there is no usual wait: this much silence
 
 
 # ---------------------------------------------------------------- order statistics
@@ -135,8 +138,10 @@ def _flat(prefix_metric: str, stats: dict) -> dict:
     return {f"{stat}_{prefix_metric}_ms": value for stat, value in stats.items()}
 
 
-def summarize(records: list[dict], slo: dict[str, float] | None = None) -> dict:
-    """The run's statistics from its raw records: flat vLLM-style keys plus failure reasons and send lag."""
+def summarize(records: list[dict], slo: dict[str, float] | None = None, due: int | None = None) -> dict:
+    """The run's statistics from its raw records: flat vLLM-style keys plus failure reasons and send lag.
+
+    `due`: in --qps mode, how many requests the schedule made due (sent or not); see send_lag."""
     done = [r for r in records if not r.get("cancelled")]
     ok = [r for r in done if r.get("ok")]
     failed = [r for r in done if not r.get("ok")]
@@ -184,35 +189,111 @@ def summarize(records: list[dict], slo: dict[str, float] | None = None) -> dict:
         summary["goodput_completed"] = None
         summary["request_goodput"] = None
 
-    summary.update(send_lag(done))
+    summary.update(send_lag(records, due))
     return summary
 
 
-def send_lag(records: list[dict], late_ms: float = LATE_MS, max_late_fraction: float = MAX_LATE_FRACTION) -> dict:
+def send_lag(records: list[dict], due: int | None = None, late_ms: float = LATE_MS,
+             max_late_fraction: float = MAX_LATE_FRACTION) -> dict:
     """Open-loop (--qps) runs: how late requests left compared to when they were due.
 
-    `fell_behind` means the client could not keep the schedule (all users busy, or its CPU
-    saturated): the server saw less load than asked for and latency under the asked-for load was
-    not measured (coordinated omission). `*_ttft_from_due_ms` counts TTFT from the due time: what
-    a user arriving on schedule would have waited.
+    `due` is how many requests the schedule made due before the load stopped (known from the
+    schedule itself, see arrivals.due_count); the ones never sent (every user busy until the end)
+    count as late, like the ones sent late. `fell_behind` means the client could not keep the
+    schedule: the server saw less load than asked for and latency under the asked-for load was not
+    measured (coordinated omission). `*_ttft_from_due_ms` counts TTFT from the due time: what a user
+    arriving on schedule would have waited.
     """
-    scheduled = [r for r in records if r.get("due") is not None and r.get("lag_ms") is not None]
+    sent = [r for r in records if r.get("due") is not None and r.get("lag_ms") is not None]
+    scheduled = max(len(sent), due or 0)
     if not scheduled:
-        return {"scheduled": 0, "fell_behind": None, "late_requests": None, "late_fraction": None,
-                **_flat("send_lag", {k: None for k in STATS}),
+        return {"scheduled": 0, "sent": 0, "never_sent": 0, "fell_behind": None, "late_requests": None,
+                "late_fraction": None, **_flat("send_lag", {k: None for k in STATS}),
                 **_flat("ttft_from_due", {k: None for k in STATS})}
-    lags = [r["lag_ms"] for r in scheduled]
-    late = sum(1 for lag in lags if lag > late_ms)
-    fraction = late / len(scheduled)
-    from_due = [r["ttft_ms"] + r["lag_ms"] for r in scheduled if r.get("ok") and r.get("ttft_ms") is not None]
+    lags = [r["lag_ms"] for r in sent]
+    never_sent = scheduled - len(sent)
+    late = sum(1 for lag in lags if lag > late_ms) + never_sent
+    fraction = late / scheduled
+    from_due = [r["ttft_ms"] + r["lag_ms"] for r in sent
+                if r.get("ok") and not r.get("cancelled") and r.get("ttft_ms") is not None]
     return {
-        "scheduled": len(scheduled),
+        "scheduled": scheduled,
+        "sent": len(sent),
+        "never_sent": never_sent,
         "late_requests": late,
         "late_fraction": fraction,
         "fell_behind": fraction > max_late_fraction,
         **_flat("send_lag", describe(lags)),
         **_flat("ttft_from_due", describe(from_due)),
     }
+
+
+def peak_in_flight(records: list[dict]) -> tuple[int, dict[int, int]]:
+    """The most requests in flight at once, over the run and per load process (from start/end times)."""
+
+    def peak(rows):
+        events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+        top = now = 0
+        for _, step in events:  # at equal times an end (-1) sorts first: a freed user is reused at once
+            now += step
+            top = max(top, now)
+        return top
+
+    rows = [r for r in records if r.get("start") is not None and r.get("end") is not None]
+    by_worker: dict[int, list[dict]] = {}
+    for r in rows:
+        by_worker.setdefault(r.get("worker", 0), []).append(r)
+    return peak(rows), {w: peak(rs) for w, rs in sorted(by_worker.items())}
+
+
+def behind_cause(summary: dict, records: list[dict], *, users: int, spawn_rate: float, workers: int = 1) -> str:
+    """What held the open-loop client back, as advice: the in-flight cap, the spawn rate, or the CPU.
+
+        >>> behind_cause(s, records, users=4, spawn_rate=4.0)
+        'all 4 users were busy at once: in --qps mode --users caps the requests in flight; raise --users'
+    """
+    total, per_worker = peak_in_flight(records)
+    share = max(1, users // max(1, workers))
+    if total >= users or (workers > 1 and per_worker and max(per_worker.values()) >= share):
+        who = "the only user was" if users == 1 else f"all {users} users were"
+        return f"{who} busy at once: in --qps mode --users caps the requests in flight; raise --users"
+    ramp_s = users / spawn_rate if spawn_rate > 0 else 0.0
+    late = [r for r in records if (r.get("lag_ms") or 0.0) > LATE_MS and r.get("due") is not None]
+    if ramp_s >= 1.0 and late:
+        t0 = min(r["due"] for r in records if r.get("due") is not None)
+        if sum(1 for r in late if r["due"] - t0 < ramp_s) * 2 >= len(late):
+            return (f"users were still being started (--spawn-rate {spawn_rate:g} starts {users} users over "
+                    f"{ramp_s:.0f} s) when requests fell due; raise --spawn-rate")
+    if (summary.get("client") or {}).get("client_bound"):
+        return "the load generator was saturated (see client-bound below); add --workers"
+    return ("the client sent late although users were free and it was not saturated; "
+            "lower --qps or add --workers")
+
+
+def stall_after_s(summary: dict, stream: bool) -> float:
+    """How long the server may send nothing while requests are in flight before the run counts as
+    stalled: max(10 s, 3 x its usual wait), the usual wait being the median TTFT (streamed: later
+    chunks come faster) or the median E2EL (not streamed); 60 s before any request has finished."""
+    usual = summary.get("median_ttft_ms") if stream else summary.get("median_e2el_ms")
+    if usual is None:
+        usual = summary.get("median_e2el_ms")
+    if usual is None:
+        return STALL_FIRST_S
+    return max(STALL_MIN_S, STALL_FACTOR * usual / 1000.0)
+
+
+def silent_cut_offs(records: list[dict], silence_s: float) -> list[dict]:
+    """The requests cut off at the end of the run (still in flight after the stop grace) when the
+    server had sent nothing to anyone for `silence_s` or more before the cut: a server that stopped
+    answering. [] when anything arrived in that time (a request still queued behind others on a
+    busy server is not a stall)."""
+    cut = [r for r in records if r.get("cancelled") and r.get("cut") == "end" and r.get("end") is not None]
+    if not cut:
+        return []
+    cut_at = max(r["end"] for r in cut)
+    heard = [r["end"] - (r.get("silent_ms") or 0.0) / 1000.0 for r in cut]  # each one's last data
+    heard += [r["end"] for r in records if not r.get("cancelled") and r.get("end") is not None]
+    return cut if cut_at - max(heard) >= silence_s else []
 
 
 def client_load(samples: list[dict], cpu_bound_pct: float = CPU_BOUND_PCT,
@@ -250,7 +331,8 @@ def client_load(samples: list[dict], cpu_bound_pct: float = CPU_BOUND_PCT,
 
 def time_series(records: list[dict], bin_s: float | None = None) -> dict:
     """Per time bin since the first request: latency percentiles of requests finished in it, and the
-    output tokens/s streamed in it (each chunk placed at its own arrival time)."""
+    output tokens/s streamed in it (each chunk placed at its own arrival time). Each bin has its
+    start `t` and `width_s`; the last one may be shorter or (up to 1.5 bins) longer."""
     done = [r for r in records if not r.get("cancelled")]
     if not done:
         return {"bin_s": bin_s or 1.0, "bins": []}
@@ -258,7 +340,14 @@ def time_series(records: list[dict], bin_s: float | None = None) -> dict:
     span = max(r["end"] for r in done) - t0
     if bin_s is None:
         bin_s = max(1.0, round(span / 50.0))
-    n_bins = int(span // bin_s) + 1
+    n_bins = max(1, math.ceil(span / bin_s))
+    # the last bin covers only what is left of the run: rates there divide by that width (a full
+    # width would show a false drop at the end); a sliver under half a bin joins the one before
+    widths = [bin_s] * n_bins
+    widths[-1] = span - (n_bins - 1) * bin_s if span > 0 else bin_s
+    if n_bins > 1 and widths[-1] < bin_s / 2:
+        n_bins -= 1
+        widths = widths[:n_bins - 1] + [bin_s + (span - n_bins * bin_s)]
     finished: list[list[dict]] = [[] for _ in range(n_bins)]
     tokens = [0.0] * n_bins
     for r in done:
@@ -282,8 +371,8 @@ def time_series(records: list[dict], bin_s: float | None = None) -> dict:
         tpot = sorted(t for t in (tpot_ms(r.get("e2el_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in ok)
                       if t is not None)
         e2el = sorted(r["e2el_ms"] for r in ok if r.get("e2el_ms") is not None)
-        row = {"t": i * bin_s, "completed": len(ok), "failed": len(finished[i]) - len(ok),
-               "output_throughput": tokens[i] / bin_s}
+        row = {"t": i * bin_s, "width_s": widths[i], "completed": len(ok), "failed": len(finished[i]) - len(ok),
+               "output_throughput": tokens[i] / widths[i]}
         for name, data in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el)):
             for q in (50, 90, 99):
                 row[f"p{q}_{name}_ms"] = percentile(data, q) if data else None
@@ -293,7 +382,7 @@ def time_series(records: list[dict], bin_s: float | None = None) -> dict:
 
 SWEEP_KEYS = ("completed", "failed", "request_throughput", "output_throughput",
               "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p90_tpot_ms", "p99_tpot_ms",
-              "median_itl_ms", "median_e2el_ms", "p99_e2el_ms", "request_goodput", "fell_behind")
+              "median_itl_ms", "median_e2el_ms", "p99_e2el_ms", "request_goodput", "fell_behind", "never_sent")
 
 
 def sweep_row(level: float, summary: dict, client: dict | None = None) -> dict:

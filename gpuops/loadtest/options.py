@@ -6,7 +6,11 @@
     (8, 20, False, 'users')
 
 Every bad value is a UsageError (exit 2) that names the flag, the value, where it came from and
-what is accepted.
+what is accepted. A flag the block sets can be turned off on the command line: `--qps off`,
+`--sweep off`, `--slo-ttft-ms off` (or 0), `--no-shared-prefix`.
+
+In --qps mode --users and --spawn-rate from the block apply only when the block also gives --qps:
+the block's closed-loop `--users 4` would otherwise become a cap of 4 requests in flight.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--workers": ("workers", None),
     "--sweep": ("sweep", None),
     "--shared-prefix": ("shared_prefix", True),
+    "--no-shared-prefix": ("shared_prefix", False),
     "--slo-ttft-ms": ("slo_ttft_ms", None),
     "--slo-tpot-ms": ("slo_tpot_ms", None),
     "--slo-e2el-ms": ("slo_e2el_ms", None),
@@ -47,8 +52,12 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--url": ("url", None),
 }
 FLAG_OF = {key: flag for flag, (key, const) in FLAGS.items() if const is None}
-FLAG_OF.update({"stream": "--stream/--no-stream", "api": "--chat/--completion", "shared_prefix": "--shared-prefix",
+FLAG_OF.update({"stream": "--stream/--no-stream", "api": "--chat/--completion",
+                "shared_prefix": "--shared-prefix/--no-shared-prefix",
                 "web": "--web", "detach": "--detach", "out": "--out", "server": "--server"})
+
+OFF = ("off", "none")  # `--qps off`: the flag is not set, whatever AGENTS.local.md says
+SLO_KEYS = ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms")
 
 _TIMESPAN = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
@@ -170,6 +179,18 @@ def _int(key, value, source, lo: int, hi: int | None = None) -> int:
     return number
 
 
+def _is_off(key: str, value) -> bool:
+    text = str(value).strip().lower()
+    return text in OFF or (key in SLO_KEYS and _zero(text))
+
+
+def _zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
 def _float(key, value, source, *, positive: bool = True) -> float:
     try:
         if isinstance(value, bool):
@@ -237,8 +258,12 @@ def build_options(merged: dict) -> LoadTestOptions:
         if seconds is None or seconds < 1:
             raise _bad("run_time", value, src, "must be a duration of at least 1 s like 30s, 90, 2m, 1m30s, 1h")
         kw["run_time_s"] = seconds
-    for key in ("qps", "spawn_rate", "slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms", "request_timeout"):
+    turned_off = set()
+    for key in ("qps", "spawn_rate", *SLO_KEYS, "request_timeout"):
         value, src = get(key)
+        if value is not None and key in ("qps", *SLO_KEYS) and _is_off(key, value):
+            turned_off.add(key)
+            continue
         if value is not None:
             kw[key] = _float(key, value, src)
     value, src = get("arrival")
@@ -267,6 +292,15 @@ def build_options(merged: dict) -> LoadTestOptions:
             kw[key] = str(value)
 
     qps_mode = kw.get("qps") is not None
+    if qps_mode:
+        # the block's --users/--spawn-rate were written for its own mode: in --qps mode (asked for
+        # elsewhere) they would become the in-flight cap and throttle the schedule
+        qps_source = get("qps")[1]
+        for key in ("users", "spawn_rate"):
+            src = get(key)[1]
+            if key in merged and src not in ("command line", qps_source):
+                kw.pop(key, None)
+                merged = {k: v for k, v in merged.items() if k != key}
     value, src = get("users")
     users = _int("users", value, src, 1, 100_000) if value is not None else (
         DEFAULT_QPS_USERS if qps_mode else DEFAULT_USERS)
@@ -274,11 +308,11 @@ def build_options(merged: dict) -> LoadTestOptions:
     kw.setdefault("spawn_rate", float(users))
 
     value, src = get("sweep")
-    if value is not None:
+    if value is not None and str(value).strip().lower() not in OFF:
         kw["sweep"] = _sweep(value, src, qps_mode)
 
     opts = LoadTestOptions(**kw)
-    _check_combinations(opts, merged)
+    _check_combinations(opts, merged, qps_off="qps" in turned_off)
     return opts
 
 
@@ -302,7 +336,7 @@ def _sweep(value, source: str, qps_mode: bool) -> tuple[float, ...]:
     return tuple(levels)
 
 
-def _check_combinations(opts: LoadTestOptions, merged: dict) -> None:
+def _check_combinations(opts: LoadTestOptions, merged: dict, qps_off: bool = False) -> None:
     if not opts.stream and (opts.slo_ttft_ms is not None or opts.slo_tpot_ms is not None):
         raise UsageError("--slo-ttft-ms and --slo-tpot-ms need streamed answers, but --no-stream is set",
                          hint="drop --no-stream, or use --slo-e2el-ms alone")
@@ -312,6 +346,8 @@ def _check_combinations(opts: LoadTestOptions, merged: dict) -> None:
     if opts.web and opts.detach:
         raise UsageError("--web and --detach do not go together: the web UI is driven from your browser "
                          "while this command waits", hint="drop --detach")
-    if opts.qps is None and "arrival" in merged and merged["arrival"][0] is not None:
+    arrival = merged.get("arrival", (None, ""))
+    # `--qps off` on the command line also turns off the block's --arrival (it came with its --qps)
+    if opts.qps is None and arrival[0] is not None and not (qps_off and arrival[1] != "command line"):
         raise UsageError("--arrival only applies with --qps (open-loop arrivals)",
                          hint="add --qps RATE, or drop --arrival")

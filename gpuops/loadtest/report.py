@@ -52,17 +52,19 @@ def summary_lines(s: dict) -> list[str]:
     rows = list(ROWS)
     if s.get("scheduled"):
         rows += [("TTFT from due", "ttft_from_due"), ("send lag", "send_lag")]
+    shown = 0
     for label, key in rows:
-        if s.get(f"median_{key}_ms") is None and key in ("ttft", "tpot", "itl"):
-            continue  # not streamed: nothing to show
+        if s.get(f"median_{key}_ms") is None:
+            continue  # not streamed, or nothing succeeded: nothing to show
         table.add_row(label, *(_ms(s.get(f"{col}_{key}_ms")) for col in COLUMNS))
-    lines = _render(table)
+        shown += 1
+    lines = _render(table) if shown else []
 
     rate = s.get("request_throughput")
     lines.append(f"requests: {s['completed']} completed, {s['failed']} failed"
-                 + (f", {s['cancelled']} cut off at the end (not counted)" if s.get("cancelled") else "")
+                 + (f", {s['cancelled']} cut off (not counted)" if s.get("cancelled") else "")
                  + f" in {s['duration']:.1f} s" + (f" ({rate:.2f} req/s)" if rate is not None else ""))
-    if s.get("output_throughput") is not None:
+    if s.get("completed") and s.get("output_throughput") is not None:
         lines.append(f"tokens: {s['total_output_tokens']} output ({s['output_throughput']:.1f} tok/s), "
                      f"{s['total_input_tokens']} input; total {s['total_token_throughput']:.1f} tok/s; "
                      f"mean {s['mean_output_tokens']:.1f} output tokens per request")
@@ -75,14 +77,15 @@ def summary_lines(s: dict) -> list[str]:
         lines.append(f"goodput: {good:.2f} req/s met {slo} ({s['goodput_completed']} of {s['completed']})"
                      if good is not None else f"goodput: none met {slo}")
     if s.get("scheduled"):
-        lines.append(f"open loop: {s['scheduled']} requests scheduled; {s['late_requests']} left more than "
-                     f"25 ms late; send lag p50 {_ms(s.get('median_send_lag_ms'))} ms, "
-                     f"p99 {_ms(s.get('p99_send_lag_ms'))} ms")
+        never = f", {s['never_sent']} never sent" if s.get("never_sent") else ""
+        lines.append(f"open loop: {s['scheduled']} requests due, {s.get('sent', s['scheduled'])} sent{never}; "
+                     f"{s['late_requests']} late (sent more than 25 ms after due, or never); "
+                     f"send lag p50 {_ms(s.get('median_send_lag_ms'))} ms, p99 {_ms(s.get('p99_send_lag_ms'))} ms")
         if s.get("fell_behind"):
             lines.append(f"WARNING: the client fell behind its schedule ({s['late_fraction']:.0%} of requests "
-                         "late): the server saw less load than asked for, and latencies under the asked-for load "
-                         "were not measured (coordinated omission). 'TTFT from due' counts the wait. "
-                         "Raise --users (the cap on requests in flight) or --workers.")
+                         "late or never sent): the server saw less load than asked for, and latencies under the "
+                         "asked-for load were not measured (coordinated omission). 'TTFT from due' counts the "
+                         "wait. Cause: " + (s.get("fell_behind_cause") or "not known") + ".")
     client = s.get("client") or {}
     for worker, w in sorted((client.get("workers") or {}).items()):
         lines.append(f"client process {worker}: CPU {w['cpu_mean']:.0f}% of a core (max {w['cpu_max']:.0f}%), "
@@ -93,6 +96,9 @@ def summary_lines(s: dict) -> list[str]:
                      "(or fewer users per process).")
     for reason, n in list((s.get("failure_reasons") or {}).items())[:8]:
         lines.append(f"failed: {n} x {reason}")
+    if not s.get("completed"):
+        lines.append("NO REQUEST SUCCEEDED: there is no latency or throughput to report"
+                     + (f" ({s['failed']} failed)" if s.get("failed") else ""))
     if s.get("partial"):
         lines.append(f"PARTIAL RESULTS: {s.get('status_reason') or s.get('status')}")
     return lines
@@ -138,7 +144,7 @@ def run_chart(records: list[dict], path: Path, title: str = "") -> Path:
     plt = _pyplot()
     series = time_series(records)
     bins = series["bins"]
-    t = [b["t"] + series["bin_s"] / 2 for b in bins]  # each point at the middle of its bin
+    t = [b["t"] + b["width_s"] / 2 for b in bins]  # each point at the middle of its bin
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     for ax, key, label in ((axes[0], "ttft", "TTFT (ms)"), (axes[1], "tpot", "TPOT (ms)")):
         for q, style in ((50, "-"), (90, "--"), (99, ":")):
@@ -154,10 +160,10 @@ def run_chart(records: list[dict], path: Path, title: str = "") -> Path:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    width = series["bin_s"] * 0.8
-    ax2.bar(t, [b["completed"] / series["bin_s"] for b in bins], width=width, alpha=0.25, color="tab:blue",
+    width = [b["width_s"] * 0.8 for b in bins]
+    ax2.bar(t, [b["completed"] / b["width_s"] for b in bins], width=width, alpha=0.25, color="tab:blue",
             label="completed req/s")
-    ax2.bar(t, [b["failed"] / series["bin_s"] for b in bins], width=width, alpha=0.6, color="tab:red",
+    ax2.bar(t, [b["failed"] / b["width_s"] for b in bins], width=width, alpha=0.6, color="tab:red",
             label="failed req/s")
     ax2.set_ylabel("requests/s")
     ax.legend(loc="upper left")

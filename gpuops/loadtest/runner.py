@@ -8,8 +8,10 @@
 Locust runs as separate processes (`python -m locust -f <shipped locustfile>`): one process, or a
 master plus --workers N worker processes on a free port on 127.0.0.1. Each load-generating
 process appends its raw records to its own file; they are merged when Locust has exited. While it
-runs, this process tails the records to print progress and to notice a server that has gone away
-(it then stops Locust early and keeps what was measured).
+runs, this process tails the records to print progress and to notice a server that has gone away,
+and the client samples to notice one that has stopped answering (a stall); it then stops Locust
+early and keeps what was measured. From the first Ctrl-C (or SIGTERM) until the report is
+written, further ones are ignored: Locust is always reaped and the report always written.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class RunResult:
 
     report_dir: Path
     summary: dict
-    status: str  # finished | server_lost | interrupted | crashed
+    status: str  # finished | server_lost | stalled | interrupted | crashed
     reason: str | None = None
     level: float | None = None
     files: list[str] = field(default_factory=list)
@@ -282,6 +284,58 @@ class RecordTail:
         return new
 
 
+def silence_s(latest: dict[int, dict], now: float, max_extrapolate_s: float = 2.0) -> float | None:
+    """How long every load process with requests in flight has heard nothing from the server, from
+    the latest client sample of each (`in_flight`, `quiet_s`, taken at `t`); None when none has a
+    request in flight. A sample's age is added (at most `max_extrapolate_s`: a process that stops
+    sampling is a client problem, not a server's)."""
+    busy = [x for x in latest.values() if x.get("in_flight")]
+    if not busy:
+        return None
+    return min((x.get("quiet_s") or 0.0) + min(max(0.0, now - x["t"]), max_extrapolate_s) for x in busy)
+
+
+class StopGuard:
+    """Ctrl-C and SIGTERM while a load test runs: the first one stops Locust (KeyboardInterrupt in
+    run_locust); from then on, and while a report is being written, further ones only say so.
+
+        with StopGuard(write) as guard:
+            guard.phase = "running"    # a signal raises KeyboardInterrupt (and engages the guard)
+            guard.phase = "writing"    # a signal is noted (guard.deferred) and honoured afterwards
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, write: Write):
+        self.write = write
+        self.phase = "writing"
+        self.engaged = False  # the first interrupt was taken: every later one is ignored
+        self.deferred = False  # an interrupt came while writing: stop after the writing
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopGuard:
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals are not ours to handle
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, _signum, _frame) -> None:
+        if self.engaged or self.deferred:
+            self.write("already stopping: waiting for Locust to exit and the report to be written")
+        elif self.phase == "running":
+            self.engaged = True
+            raise KeyboardInterrupt
+        else:
+            self.deferred = True
+            self.write("stopping once the report being written is complete")
+
+
 def server_lost(recent: list[dict], min_failures: int) -> bool:
     """The last `min_failures` requests all failed to connect: the server is gone (or its port closed)."""
     if len(recent) < min_failures:
@@ -311,10 +365,27 @@ def _reap(procs: list[subprocess.Popen], timeout: float) -> None:
             return
 
 
+@dataclass
+class LocustRun:
+    """How one Locust run ended: status, why, the processes' exit codes, when it was stopped early."""
+
+    status: str
+    reason: str | None
+    codes: list[int | None]
+    stopped_at: float | None = None  # epoch s: when gpuops stopped it (no more load was due after)
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGINT to every Locust process: each writes what it has (the master its reports) and quits."""
+    for p in procs:
+        _signal(p, signal.SIGINT)
+
+
 def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: Path, write: Write,
-               *, run_id: str) -> tuple[str, str | None, list[int | None]]:
-    """Run Locust for one level; return (status, reason, exit codes). Stops it early when the server
-    is gone, on Ctrl-C, or past its deadline; always leaves no Locust process behind."""
+               *, run_id: str, guard: StopGuard | None = None) -> LocustRun:
+    """Run Locust for one level. Stops it early when the server is gone or stalled, on Ctrl-C, or
+    past its deadline; always leaves no Locust process behind."""
+    guard = guard or StopGuard(write)
     plan_path = out_dir / "plan-locust.json"
     plan_path.write_text(json.dumps(locust_plan(opts, target, out_dir, run_id), indent=2))
     web_port = free_port() if opts.web else None
@@ -326,10 +397,12 @@ def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: P
     base_env.pop("GPUOPS_SERVER", None)  # Locust is not part of the server's process tree
     procs: list[subprocess.Popen] = []
     status, reason = "finished", None
+    stopped: list[float] = []
     with open(log_path, "ab") as log:
         log.write(f"==> {' '.join(commands[0])}\n".encode())
         log.flush()
         try:
+            guard.phase = "running"
             for i, cmd in enumerate(commands):
                 worker = 0 if i == 0 else i - 1
                 # own session: a Ctrl-C at the terminal reaches this process only, which then stops
@@ -339,14 +412,17 @@ def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: P
                                               start_new_session=True))
             if opts.web:
                 write(f"Locust's web UI: http://127.0.0.1:{web_port}  (Ctrl-C here ends the test and writes the report)")
-            status, reason = _watch(opts, target, out_dir, procs, write)
+            status, reason = _watch(opts, target, out_dir, procs, write, stopped)
         except KeyboardInterrupt:
+            guard.engaged = True
             status, reason = "interrupted", "interrupted (Ctrl-C)"
-            _signal(procs[0], signal.SIGINT)
+            stopped.append(time.time())
+            write("interrupted: stopping Locust and writing the report (further Ctrl-C are ignored)")
+            _stop_all(procs)
         finally:
+            guard.phase = "writing"
             _reap(procs, GRACE_S)
-    codes = [p.returncode for p in procs]
-    return status, reason, codes
+    return LocustRun(status, reason, [p.returncode for p in procs], stopped[0] if stopped else None)
 
 
 class Progress:
@@ -384,10 +460,14 @@ class Progress:
         return " | ".join(parts)
 
 
-def _watch(opts, target, out_dir, procs, write) -> tuple[str, str | None]:
+def _watch(opts, target, out_dir, procs, write, stopped: list[float]) -> tuple[str, str | None]:
     from gpuops import procs as proc_ids
 
     tail = RecordTail(out_dir)
+    samples = RecordTail(out_dir, "client-w*.jsonl")
+    latest: dict[int, dict] = {}  # each load process's newest client sample
+    waits: dict[str, list[float]] = {"ttft": [], "e2el": []}
+    stall_after = metrics.stall_after_s({}, opts.stream)
     progress = Progress()
     min_failures = max(5, min(opts.users, 50))
     recent: deque[dict] = deque(maxlen=min_failures)  # the latest finished requests, for server_lost
@@ -401,6 +481,16 @@ def _watch(opts, target, out_dir, procs, write) -> tuple[str, str | None]:
         new = tail.read()
         progress.add(new)
         recent.extend(r for r in new if not r.get("cancelled"))
+        for sample in samples.read():
+            latest[sample.get("worker", 0)] = sample
+        done = [r for r in new if r.get("ok") and not r.get("cancelled")]
+        if done:
+            waits["ttft"] += [r["ttft_ms"] for r in done if r.get("ttft_ms") is not None]
+            waits["e2el"] += [r["e2el_ms"] for r in done if r.get("e2el_ms") is not None]
+            stall_after = metrics.stall_after_s(
+                {f"median_{k}_ms": metrics.percentile(sorted(v), 50) if v else None for k, v in waits.items()},
+                opts.stream)
+        silent = silence_s(latest, time.time())
         now = time.monotonic()
         if now - last_progress >= PROGRESS_EVERY_S:
             last_progress = now
@@ -415,11 +505,18 @@ def _watch(opts, target, out_dir, procs, write) -> tuple[str, str | None]:
         elif target.server_pid and not proc_ids.matches(target.server_pid, target.server_create_time or 0.0):
             status = "server_lost"
             reason = f"the server process (pid {target.server_pid}) exited during the run"
+        elif silent is not None and silent >= stall_after:
+            in_flight = sum(x.get("in_flight") or 0 for x in latest.values())
+            status = "stalled"
+            reason = (f"the server stopped answering: nothing received for {silent:.0f} s while {in_flight} "
+                      f"request(s) were in flight (the limit is max({metrics.STALL_MIN_S:g} s, "
+                      f"{metrics.STALL_FACTOR:g} x the usual wait) = {stall_after:.0f} s)")
         elif deadline is not None and now > deadline:
             status, reason = "crashed", "Locust did not finish within its run time (stopped)"
         if status != "finished":
             write(f"stopping the load test: {reason}")
-            _signal(master, signal.SIGINT)
+            stopped.append(time.time())
+            _stop_all(procs)
             stopping_since = now
     return status, reason
 
@@ -446,21 +543,65 @@ def merge_parts(out_dir: Path, prefix: str, target_name: str) -> Path:
     return target
 
 
-def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, status: str, reason: str | None,
-                 codes: list, write: Write, level: float | None = None) -> RunResult:
+def schedule_due(opts: LoadTestOptions, out_dir: Path, stopped_at: float | None,
+                 records: list[dict]) -> tuple[int | None, list[dict]]:
+    """--qps: how many requests the schedules of all load processes made due before the load
+    stopped (their due times are fixed by the seed; each process wrote when its schedule started to
+    `schedule-w<N>.json`, folded here into the returned list and removed)."""
+    from gpuops.loadtest.arrivals import due_count
+
+    parts = sorted(out_dir.glob("schedule-w*.json"))
+    starts = []
+    for part in parts:
+        try:
+            starts.append(json.loads(part.read_text()))
+        except ValueError:
+            continue
+    for part in parts:
+        part.unlink()
+    if opts.qps is None or not starts:
+        return None, starts
+    last_end = max((r["end"] for r in records if r.get("end") is not None), default=None)
+    due = 0
+    for st in starts:
+        until = stopped_at if stopped_at is not None else (last_end if st.get("end_s") is None else None)
+        if until is None and st.get("end_s") is None:
+            continue  # an open-ended schedule with nothing to bound it: nothing to count
+        due += due_count(opts.qps, opts.arrival, opts.seed, worker=st.get("schedule_worker", 0),
+                         workers=st.get("workers", 1), end_s=st.get("end_s"),
+                         until_s=None if until is None else max(0.0, until - st["t0"]))
+    return due, starts
+
+
+def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, run: LocustRun, write: Write,
+                 level: float | None = None) -> RunResult:
     """Merge the records, compute the summary, write summary.json and the chart, print the table."""
     from gpuops.loadtest import report
 
+    status, reason = run.status, run.reason
     records_path = merge_parts(out_dir, "records", "records.jsonl")
     client_path = merge_parts(out_dir, "client", "client.jsonl")
     records = metrics.read_records(records_path)
-    summary = metrics.summarize(records, opts.slo)
+    due, schedules = schedule_due(opts, out_dir, run.stopped_at, records)
+    summary = metrics.summarize(records, opts.slo, due=due)
     client = metrics.client_load(metrics.read_records(client_path))
     summary["client"] = client
+    if status == "finished":
+        grace = min(STOP_TIMEOUT_S, int(opts.request_timeout))
+        limit = max(grace, metrics.stall_after_s(summary, opts.stream))
+        silent = metrics.silent_cut_offs(records, limit)
+        if silent:
+            status = "stalled"
+            reason = (f"the server stopped answering: it had sent nothing for {limit:.0f} s or more when the "
+                      f"stop grace ({grace} s) ran out and cut off {len(silent)} request(s)")
+    if summary.get("fell_behind"):
+        summary["fell_behind_cause"] = metrics.behind_cause(summary, records, users=opts.users,
+                                                            spawn_rate=opts.spawn_rate, workers=opts.workers)
+    summary["schedule"] = schedules or None
     summary["status"] = status
     summary["status_reason"] = reason
     summary["partial"] = status != "finished"
-    summary["locust_exit_codes"] = codes
+    summary["locust_exit_codes"] = run.codes
     summary["target"] = {"url": target.url, "model": target.model, "engine": target.engine,
                          "server": target.server_name}
     summary["options"] = opts.as_dict()
@@ -480,7 +621,15 @@ def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, status: s
 
 
 def _title(opts: LoadTestOptions, target: Target) -> str:
-    load = f"{opts.qps:g} req/s ({opts.arrival})" if opts.qps else f"{opts.users} users"
+    load = (f"{opts.qps:g} req/s ({opts.arrival}, at most {opts.users} in flight)" if opts.qps is not None
+            else f"{opts.users} users")
+    return f"{target.model or target.url} | {load} | {opts.prompt_tokens} in / {opts.max_tokens} out"
+
+
+def sweep_title(opts: LoadTestOptions, target: Target) -> str:
+    levels = ", ".join(f"{x:g}" for x in opts.sweep)
+    load = (f"sweep of {levels} req/s ({opts.arrival}, at most {opts.users} in flight)" if opts.mode == "qps"
+            else f"sweep of {levels} users")
     return f"{target.model or target.url} | {load} | {opts.prompt_tokens} in / {opts.max_tokens} out"
 
 
@@ -494,38 +643,57 @@ def write_plan(report_dir: Path, opts: LoadTestOptions, target: Target, log_path
 
 def execute(opts: LoadTestOptions, target: Target, report_dir: Path, log_path: Path, write: Write,
             run_id: str | None = None) -> list[RunResult]:
-    """Run the load test (or each sweep level) into report_dir; the results, partial ones included."""
+    """Run the load test (or each sweep level) into report_dir; the results, partial ones included.
+
+    A level that loses the server, stalls, is interrupted, or has no request succeed ends a sweep;
+    sweep.json is written for the levels run, whatever happens. A Ctrl-C that came while a report
+    was being written is honoured after it: KeyboardInterrupt once everything is on disk."""
     run_id = run_id or uuid.uuid4().hex[:8]
     levels = list(opts.sweep) or [None]
     results: list[RunResult] = []
-    for i, level in enumerate(levels):
-        level_opts = opts.at_level(level) if level is not None else opts
-        out_dir = report_dir
-        if level is not None:
-            out_dir = report_dir / f"{i + 1:02d}-{_level_name(opts, level)}"
-            out_dir.mkdir()
-            write(f"=== sweep level {i + 1}/{len(levels)}: {_level_label(opts, level)} ===")
-        write(f"load test of {target.url} ({target.model or 'default model'}): {_title(level_opts, target)}, "
-              f"{level_opts.run_time_s} s, {level_opts.workers} load process(es); log {log_path}")
-        status, reason, codes = run_locust(level_opts, target, out_dir, log_path, write, run_id=f"{run_id}{i}")
-        result = finish_level(level_opts, target, out_dir, status, reason, codes, write, level)
-        results.append(result)
-        if status != "finished":
-            break
-    if opts.sweep:
-        from gpuops.loadtest import report
-
-        rows = [metrics.sweep_row(r.level, r.summary, r.summary.get("client")) for r in results]
-        report.write_json(report_dir / "sweep.json", {"mode": opts.mode, "rows": rows,
-                                                      "complete": len(results) == len(levels)})
+    with StopGuard(write) as guard:
         try:
-            report.sweep_chart(rows, opts.mode, report_dir / "sweep.png", title=_title(opts, target))
-        except Exception as err:
-            write(f"(could not draw the sweep chart: {type(err).__name__}: {err})")
-        for line in report.sweep_lines(rows, opts.mode):
-            write(line)
-    write(f"report: {report_dir}")
+            for i, level in enumerate(levels):
+                if guard.deferred:  # a Ctrl-C while the last level's report was written: no next level
+                    break
+                level_opts = opts.at_level(level) if level is not None else opts
+                out_dir = report_dir
+                if level is not None:
+                    out_dir = report_dir / f"{i + 1:02d}-{_level_name(opts, level)}"
+                    out_dir.mkdir()
+                    write(f"=== sweep level {i + 1}/{len(levels)}: {_level_label(opts, level)} ===")
+                write(f"load test of {target.url} ({target.model or 'default model'}): "
+                      f"{_title(level_opts, target)}, {level_opts.run_time_s} s, {level_opts.workers} load "
+                      f"process(es); log {log_path}")
+                run = run_locust(level_opts, target, out_dir, log_path, write, run_id=f"{run_id}{i}", guard=guard)
+                result = finish_level(level_opts, target, out_dir, run, write, level)
+                results.append(result)
+                if result.status != "finished" or not result.summary.get("completed") or guard.deferred:
+                    break
+        finally:
+            if opts.sweep:
+                _write_sweep(opts, target, report_dir, results, len(levels), write)
+        write(f"report: {report_dir}")
+    if guard.deferred and not guard.engaged:
+        raise KeyboardInterrupt
     return results
+
+
+def _write_sweep(opts: LoadTestOptions, target: Target, report_dir: Path, results: list[RunResult],
+                 n_levels: int, write: Write) -> None:
+    from gpuops.loadtest import report
+
+    rows = [metrics.sweep_row(r.level, r.summary, r.summary.get("client")) for r in results]
+    report.write_json(report_dir / "sweep.json", {"mode": opts.mode, "rows": rows,
+                                                  "complete": len(results) == n_levels})
+    if not rows:
+        return
+    try:
+        report.sweep_chart(rows, opts.mode, report_dir / "sweep.png", title=sweep_title(opts, target))
+    except Exception as err:  # a chart is not worth losing the numbers over
+        write(f"(could not draw the sweep chart: {type(err).__name__}: {err})")
+    for line in report.sweep_lines(rows, opts.mode):
+        write(line)
 
 
 def _level_name(opts: LoadTestOptions, level: float) -> str:
@@ -545,8 +713,9 @@ def outcome_error(results: list[RunResult], report_dir: Path, log_path: Path) ->
     kept = f"partial results kept in {report_dir}"
     if last.status == "interrupted":
         return None
-    if last.status == "server_lost":
-        return RequestFailed(f"{last.reason}; {s['completed']} request(s) completed before it, "
+    at = f" (sweep level {last.level:g})" if last.level is not None else ""
+    if last.status in ("server_lost", "stalled"):
+        return RequestFailed(f"{last.reason}{at}; {s['completed']} request(s) completed before it, "
                              f"{s['failed']} failed; {kept}",
                              details=_reasons(s), hint="`inv logs` shows the server's log")
     if last.status == "crashed" or (s["completed"] == 0 and s["failed"] == 0):
@@ -559,8 +728,10 @@ def outcome_error(results: list[RunResult], report_dir: Path, log_path: Path) ->
         kinds = s.get("failure_kinds", {})
         hint = ("pass --no-stream to measure end-to-end latency only" if "not_streamed" in kinds
                 else "`inv logs` shows the server's log")
-        return RequestFailed(f"no request succeeded ({s['failed']} failed); results kept in {report_dir}",
-                             details=_reasons(s), hint=hint)
+        if "timeout" in kinds:
+            hint = "requests ran into --request-timeout: raise it, or check the server (`inv logs`)"
+        return RequestFailed(f"no request succeeded{at} ({s['failed']} failed): no latency or throughput "
+                             f"was measured; {kept}", details=_reasons(s), hint=hint)
     return None
 
 
