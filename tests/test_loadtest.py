@@ -297,6 +297,22 @@ def test_no_server_and_no_url_is_exit_6_and_makes_no_folders(project):
     assert not (project.run_dir / "load_tests").exists()
 
 
+def test_a_crashed_server_is_named_with_its_log_instead_of_no_server(project, demo, tmp_path):
+    server = demo()
+    log = tmp_path / "server.log"
+    log.write_text("INFO:     Application startup complete.\nKilled\n")
+    _record_for(server, project)
+    rec = json.loads((project.run_dir / "state" / "server.json").read_text())
+    (project.run_dir / "state" / "server.json").write_text(json.dumps({**rec, "log_path": str(log)}))
+    server.proc.kill()
+    server.proc.wait()
+    res = _load_test(project, "--run-time", "2s")
+    assert res.code == 6, res.text
+    assert f"server 'server' (pid {server.proc.pid}) has exited" in res.err and "no running server" not in res.err
+    assert "Killed" in res.err  # the log's last lines say why
+    assert not (project.run_dir / "load_tests").exists()
+
+
 def test_unreachable_url_is_a_clear_error(project):
     port = free_port()
     res = _load_test(project, "--url", f"http://127.0.0.1:{port}", "--run-time", "2s")

@@ -78,9 +78,9 @@ def resolve_target(opts: LoadTestOptions, run_dir: RunDir) -> Target:
     """--url, else the running server's record (ServerNotRunning, exit 6, when there is none)."""
     if opts.url:
         return Target(url=opts.url, model=opts.model)
-    from gpuops import state
+    from gpuops.smoke import find_record  # a crashed server is named, with its last log lines
 
-    rec = state.find_running(run_dir, opts.server)
+    rec = find_record(run_dir, opts.server)
     if not rec.url:
         raise UsageError(f"server '{rec.name}' (pid {rec.pid}) has no URL on record",
                          hint="pass --url http://HOST:PORT")
