@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 from gpuops.logs import shown
-from gpuops.state import StateRecord
+from gpuops.state import StateRecord, command_for
 from gpuops.watch import Outcome
 
 
@@ -37,5 +37,5 @@ def ready_banner(record: StateRecord, outcome: Outcome | None, *, gpu_lines: lis
     lines += [f"  model      {m}" for m in model_lines]
     if smoke_line:
         lines.append(f"  smoke      {smoke_line}")
-    lines.append("  stop with  inv stop-server" + (f" --server {record.name}" if record.name != "server" else ""))
+    lines.append(f"  stop with  {command_for('stop-server', record.name)}")
     return lines

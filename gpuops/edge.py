@@ -18,6 +18,7 @@ import traceback
 
 from invoke.exceptions import Exit
 
+from gpuops.checks import number  # noqa: F401  (tasks check their flags with it)
 from gpuops.errors import GpuopsError
 
 EXIT_INTERRUPTED = 130
@@ -75,28 +76,3 @@ def setting(c, key: str, value=None):
 def project_root(c) -> str | None:
     """The folder of the tasks.py that `inv` loaded (None for the `gpuops` command and in tests)."""
     return getattr(c.config, "_project_prefix", None)
-
-
-def number(flag: str, value, *, whole: bool = False, low: float = 0, high: float | None = None,
-           low_ok: bool = False) -> float | int:
-    """A flag's value as a finite number in range, else UsageError naming the flag (exit 2, no traceback).
-
-    >>> number("--hang-timeout", "2.5"), number("--port", "8000", whole=True, high=65535)
-    (2.5, 8000)
-    """
-    from gpuops.errors import UsageError
-
-    kind = "a whole number" if whole else "a number"
-    bound = f"{'at least' if low_ok else 'above'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        got = float(value)
-        if whole and not got.is_integer():  # also refuses inf and nan
-            raise ValueError
-        if not (got >= low if low_ok else got > low) or got == float("inf") or (high is not None and got > high):
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"{flag} must be {kind} {bound}, not {value!r}",
-                         hint=f"e.g. {flag} {10 if whole else 30}") from None
-    return int(got) if whole else got

@@ -28,6 +28,22 @@ class GpuopsError(Exception):
         self.hint = hint
         self.details = list(details or [])
 
+    @classmethod
+    def combine(cls, problems: list[tuple[str, GpuopsError]], *, what: str, note: str = "") -> GpuopsError:
+        """One error for several (labelled) ones, with the first one's exit code; a single one as it is.
+
+        >>> GpuopsError.combine([("'a'", GpusBusy("GPU 0 still held")), ("'b'", PortInUse("port 8001"))],
+        ...                     what="stopping").render().splitlines()[0]
+        "2 problems while stopping 'a', 'b':"
+        """
+        if len(problems) == 1:
+            return problems[0][1]
+        labels = ", ".join(dict.fromkeys(label for label, _ in problems))
+        err = GpuopsError(f"{len(problems)} problems while {what} {labels}" + (f" ({note})" if note else "") + ":",
+                          details=[line for label, p in problems for line in f"{label}: {p.render()}".splitlines()])
+        err.exit_code = problems[0][1].exit_code
+        return err
+
     def render(self) -> str:
         """The full text shown at the task edge: message, indented details, then the hint."""
         lines = [self.message]

@@ -27,6 +27,7 @@ from gpuops.gpu_select import needed_gpus  # noqa: F401  (part of this module's 
 from gpuops.gpu_table import render_table, to_json  # noqa: F401
 from gpuops.model_files import count_model_files  # noqa: F401
 from gpuops.nvml import Nvml, NvmlCallFailed, NvmlUnavailable, open_nvml
+from gpuops.recipes import mask_secrets
 
 NOT_VISIBLE = "not visible: other container"
 CREATE_TIME_SLACK = 0.05  # psutil create_time comes from clock ticks
@@ -137,7 +138,7 @@ def _describe(pid: int, kind: str, used: float | None, prefixes: tuple[str, ...]
     except (KeyError, psutil.Error):
         user = str(uid)
     try:
-        cmdline, accessible = " ".join(p.cmdline()) or f"[{name}]", True
+        cmdline, accessible = mask_secrets(" ".join(p.cmdline()), {}) or f"[{name}]", True
     except psutil.AccessDenied:
         cmdline, accessible = "", False
     except psutil.Error:

@@ -30,7 +30,7 @@ from gpuops.config import RunDir
 from gpuops.errors import GpuopsError, Interrupted, PortInUse, StartupFailed, UsageError
 from gpuops.logs import create_log, shown
 from gpuops.recipes import ServerRecipe, mask_secrets
-from gpuops.state import TAG_VAR, StateRecord
+from gpuops.state import TAG_VAR, StateRecord, command_for
 from gpuops.watch import HealthProbe, Outcome, wait_until_ready
 
 Write = Callable[[str], None]
@@ -119,8 +119,15 @@ def check_paths(recipe: ServerRecipe, cwd: Path) -> None:
 
 
 def check_port(ep: Endpoint) -> None:
-    if ep.port is None or not procs.port_in_use(ep.port, ep.host):
+    if ep.port is None:
         return
+    try:
+        if not procs.port_in_use(ep.port, ep.host):
+            return
+    except procs.AddressNotHere:
+        raise UsageError(f"cannot listen on {ep.host}:{ep.port}: {ep.host} is not an address of this machine",
+                         hint="use --host 127.0.0.1 (this machine only) or 0.0.0.0 (every interface) "
+                              "in AGENTS.local.md") from None
     owners = procs.port_owners(ep.port)
     raise PortInUse(
         f"port {ep.port} is already in use by {len(owners) or 'an unknown number of'} process(es) "
@@ -262,77 +269,85 @@ def start_server(
     cwd = Path(cwd or os.getcwd())
     engine = engines.detect(recipe.argv, override=engine_name)
     ep = endpoint_of(recipe, engine)
-    watch = {"hang_timeout": hang_timeout, "start_timeout": start_timeout}
     # The lock covers deciding and launching, not the watch: a stop-server must get through while a
     # start is being watched, and a second start in the meantime finds the record and watches too.
-    launched: list[StateRecord] = []  # once set, Ctrl-C leaves a starting server behind: say so
     try:
-        outcome, record = _launch_and_watch(recipe, run_dir, write=write, stream=stream, cwd=cwd, restart=restart,
-                                            engine=engine, ep=ep, stop_timeout=stop_timeout, gpu_check=gpu_check,
-                                            lock_timeout=lock_timeout, launched=launched, **watch)
+        with _start_lock(run_dir, recipe.name, write, lock_timeout if lock_timeout is not None else 300.0):
+            claim = _claim(recipe, run_dir, cwd, ep, engine, write=write, restart=restart,
+                           stop_timeout=stop_timeout, gpu_check=gpu_check)
+        if claim.reused is not None:
+            return claim.reused
+        outcome = wait_until_ready(claim.record.log_path, claim.engine, claim.record.url, exit_code=claim.exit_code,
+                                   write=stream, offset=claim.offset, hang_timeout=hang_timeout,
+                                   start_timeout=start_timeout)
     except KeyboardInterrupt:
-        if not launched:
-            raise
-        rec = launched[-1]
-        raise Interrupted(
-            f"stopped watching; '{rec.name}' is still starting (pid {rec.pid}, log {shown(rec.log_path)})",
-            hint="`inv start-server` watches it again, `inv stop-server` stops it") from None
-    if isinstance(outcome, Started):
-        return outcome
-    latest = state.load(run_dir, record.name)  # a stop-server meanwhile marks it stopped
-    if latest is not None and latest.pid == record.pid:
-        record = latest
-    return _finish(record, outcome, run_dir, stop_timeout, keep_on_failure)
+        raise _interrupted_start(run_dir, recipe.name) from None
+    return _finish(claim.record, outcome, run_dir, stop_timeout, keep_on_failure)
 
 
-def _launch_and_watch(recipe: ServerRecipe, run_dir: RunDir, *, write: Write, stream: Write, cwd: Path,
-                      restart: bool, engine: engines.Engine, ep: Endpoint, stop_timeout: float, gpu_check,
-                      lock_timeout: float | None, launched: list[StateRecord], **watch):
-    """start_server's steps: under the lock, reuse, reattach to or launch the server; then watch it.
-    Returns (Outcome or Started when reused, record); appends the record to `launched` once one runs."""
-    reattach: StateRecord | None = None
-    with _start_lock(run_dir, recipe.name, write, lock_timeout if lock_timeout is not None else 300.0):
-        replaced: list[int] = []
-        existing = state.load(run_dir, recipe.name)
-        if existing and procs.matches(existing.pid, existing.create_time):
-            if restart:
-                write(f"restarting: stopping '{recipe.name}' (pid {existing.pid}) first")
-                report = stop_record(existing, timeout=stop_timeout)
-                write(report.summary())
-                replaced = [v.pid for v in report.report.stopped] if report.report else []
-            elif (existing.ready_at or existing.url) and _healthy(existing):
-                if not existing.ready_at:  # the gpuops that watched its start was interrupted
-                    existing.ready_at = time.time()
-                    state.save(run_dir, existing)
-                return Started(existing, None, already_running=True, log_path=Path(existing.log_path)), existing
-            elif existing.ready_at:
-                raise GpuopsError(
-                    f"'{recipe.name}' is running (pid {existing.pid}) but does not answer its health check "
-                    f"({existing.url}{existing.health_path or '/'})",
-                    hint="`inv logs` shows what it is doing; `inv start-server --restart` replaces it")
-            else:
-                reattach = existing
-                launched.append(existing)
-        if reattach is None:
-            check_paths(recipe, cwd)
-            check_port(ep)
-            gpus = gpu_check(recipe, replaced) if gpu_check else []
-            for line in launch_banner(recipe, ep):
-                write(line)
-            record, proc, header_len = _launch_recorded(recipe, run_dir, cwd, ep, engine, gpus)
-            launched.append(record)
-            write(f"started '{recipe.name}': pid {proc.pid}, log {shown(record.log_path)}")
+def _interrupted_start(run_dir: RunDir, name: str) -> BaseException:
+    """Ctrl-C during a start: if a server of this name is left starting, say so and how to go on."""
+    rec = state.load(run_dir, name)
+    if rec is None or rec.ready_at or not procs.matches(rec.pid, rec.create_time):
+        return KeyboardInterrupt()
+    return Interrupted(f"stopped watching; '{rec.name}' is still starting (pid {rec.pid}, log {shown(rec.log_path)})",
+                       hint=f"`{command_for('start-server', name)}` watches it again, "
+                            f"`{command_for('stop-server', name)}` stops it")
 
-    if reattach is not None:
-        record = reattach
-        write(f"'{recipe.name}' is already starting (pid {record.pid}); watching it")
-        exit_code = _exit_code_of(record.pid, record.create_time)
-        offset = output_offset(record.log_path)
-        engine = engines.ENGINES.get(record.engine, engine)
-    else:
-        exit_code, offset = proc.poll, header_len
-    return wait_until_ready(record.log_path, engine, record.url, exit_code=exit_code, write=stream,
-                            offset=offset, **watch), record
+
+@dataclass
+class _Claim:
+    """What a start settled under the lock: a server to reuse, or one to watch (launched or reattached)."""
+
+    reused: Started | None = None
+    record: StateRecord | None = None
+    engine: engines.Engine | None = None
+    exit_code: Callable[[], int | None] | None = None
+    offset: int = 0
+
+
+def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engine: engines.Engine, *,
+           write: Write, restart: bool, stop_timeout: float, gpu_check) -> _Claim:
+    """Under the lock: reuse the running server, reattach to one still starting, or preflight and launch."""
+    replaced: list[int] = []
+    existing = state.load(run_dir, recipe.name)
+    if existing and procs.matches(existing.pid, existing.create_time):
+        if restart:
+            write(f"restarting: stopping '{recipe.name}' (pid {existing.pid}) first")
+            _mark_stopped(run_dir, existing)
+            report = stop_record(existing, timeout=stop_timeout)
+            write(report.summary())
+            replaced = [v.pid for v in report.report.stopped] if report.report else []
+        elif (existing.ready_at or (existing.url and existing.health_path)) and _healthy(existing):
+            if not existing.ready_at:  # the gpuops that watched its start was interrupted
+                existing.ready_at = time.time()
+                state.save(run_dir, existing)
+            return _Claim(reused=Started(existing, None, already_running=True, log_path=Path(existing.log_path)))
+        elif existing.ready_at:
+            raise GpuopsError(
+                f"'{recipe.name}' is running (pid {existing.pid}) but does not answer its health check "
+                f"({existing.url}{existing.health_path or '/'})",
+                hint=f"`inv logs` shows what it is doing; `{command_for('start-server', recipe.name, '--restart')}` "
+                     "replaces it")
+        else:
+            write(f"'{recipe.name}' is already starting (pid {existing.pid}); watching it")
+            return _Claim(record=existing, engine=engines.ENGINES.get(existing.engine, engine),
+                          exit_code=_exit_code_of(existing.pid, existing.create_time),
+                          offset=output_offset(existing.log_path))
+    check_paths(recipe, cwd)
+    check_port(ep)
+    gpus = gpu_check(recipe, replaced) if gpu_check else []
+    for line in launch_banner(recipe, ep):
+        write(line)
+    record, proc, header_len = _launch_recorded(recipe, run_dir, cwd, ep, engine, gpus)
+    write(f"started '{recipe.name}': pid {proc.pid}, log {shown(record.log_path)}")
+    return _Claim(record=record, engine=engine, exit_code=proc.poll, offset=header_len)
+
+
+def _mark_stopped(run_dir: RunDir, record: StateRecord) -> None:
+    """Before the first signal: a watcher or follower that sees the server exit knows it was asked to."""
+    record.stopped_at = time.time()
+    state.save(run_dir, record)
 
 
 @contextlib.contextmanager
@@ -382,14 +397,21 @@ def recipe_cwd(recipe: ServerRecipe, cwd: Path) -> Path:
 
 def _finish(record: StateRecord, outcome: Outcome, run_dir: RunDir, stop_timeout: float,
             keep_on_failure: bool) -> Started:
+    with _start_lock(run_dir, record.name, lambda line: None, 60.0):
+        latest = state.load(run_dir, record.name)
+        ours = latest is not None and latest.pid == record.pid and latest.create_time == record.create_time
+        if ours:
+            record = latest  # a stop-server meanwhile has marked it stopped
+            if outcome.state == "ready":
+                record.ready_at = time.time()
+                state.save(run_dir, record)  # never over the record of a server that replaced this one
     if outcome.state == "ready":
-        record.ready_at = time.time()
-        state.save(run_dir, record)
         return Started(record, outcome, log_path=Path(record.log_path))
-    raise startup_error(record, outcome, stop_timeout, keep_on_failure)
+    raise startup_error(record, outcome, stop_timeout, keep_on_failure, run_dir)
 
 
-def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, keep: bool) -> StartupFailed:
+def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, keep: bool,
+                  run_dir: RunDir | None = None) -> StartupFailed:
     """Explain a failed start; stop a hung or timed-out server unless asked to keep it."""
     log = shown(record.log_path)
     cause = outcome.diagnosis
@@ -399,30 +421,36 @@ def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, ke
     details += ["last log lines:"] + [f"  {line}" for line in outcome.tail[-15:]]
     if outcome.state == "exited":
         if record.stopped_at:
-            return StartupFailed(f"server '{record.name}' was stopped (`inv stop-server`) before it was ready",
+            return StartupFailed(f"server '{record.name}' was stopped (stop-server) before it was ready",
                                  hint=f"full log: {log}")
         code = "unknown" if outcome.exit_code == -1 else outcome.exit_code
         what = f"server '{record.name}' exited during start-up (exit code {code}) after {outcome.elapsed:.1f} s"
         if cause:
             what += f": {cause.kind}"
         # its workers (a vLLM engine core, TP ranks) can outlive it and keep the port or the GPUs
-        leftovers = stop_record(record, timeout=stop_timeout)
-        if leftovers.report and leftovers.report.stopped:
-            what += f"; stopped {len(leftovers.report.stopped)} leftover process(es) of it"
+        left = procs.server_tree(record.pid, record.create_time, record.pgid, record.tag)
+        if left:
+            report = procs.stop_processes(left, timeout=stop_timeout)
+            what += f"; stopped {len(report.stopped)} leftover process(es) of it"
+            details += [f"survived SIGKILL: pid {v.pid}: {v.command}" for v in report.survivors]
         hint = (cause.hint if cause and cause.hint else "read the log") + f"; full log: {log}"
         return StartupFailed(what, details=details, hint=hint)
     if outcome.state == "hung":
-        what = f"server '{record.name}' looks hung: no log output for {outcome.elapsed:.0f} s and not ready"
+        what = (f"server '{record.name}' looks hung: no log output for {outcome.quiet:.0f} s and not ready "
+                f"after {outcome.elapsed:.0f} s")
+        raise_it = "if it loads silently for long, raise --hang-timeout"
     else:
         what = f"server '{record.name}' was not ready within the start-up limit ({outcome.elapsed:.0f} s)"
+        raise_it = "if it needs longer (a download, a big model), raise --start-timeout"
     if keep:
         hint = (f"it is still running (pid {record.pid}): inspect it (`py-spy dump --pid {record.pid}`), "
-                f"then `inv stop-server`; full log: {log}")
+                f"then `{command_for('stop-server', record.name)}`; full log: {log}")
     else:
+        if run_dir is not None:
+            _mark_stopped(run_dir, record)  # `inv status` says stopped, not exited
         stopped = stop_record(record, timeout=stop_timeout)
-        what += f"; stopped it ({len(stopped.report.stopped) if stopped.report else 0} processes)"
-        hint = (f"full log: {log}; if it loads silently for long, raise --hang-timeout; "
-                "use --keep-on-failure to leave it running for inspection")
+        what += f"; stopped it ({len(stopped.report.stopped) if stopped.report else 0} process(es))"
+        hint = f"full log: {log}; {raise_it}; use --keep-on-failure to leave it running for inspection"
     return StartupFailed(what, details=details, hint=hint)
 
 
@@ -479,24 +507,65 @@ def stop_record(record: StateRecord, *, timeout: float = 10.0) -> Stopped:
 def _wait_port_free(port: int, host: str, timeout: float = 2.0) -> bool:
     """True if the port is STILL in use after `timeout`."""
     deadline = time.monotonic() + timeout
-    while procs.port_in_use(port, host):
+    while _in_use(port, host):
         if time.monotonic() >= deadline:
             return True
         time.sleep(0.01)
     return False
 
 
-def stop_server(run_dir: RunDir, name: str, *, timeout: float = 10.0) -> Stopped:
+def _in_use(port: int, host: str) -> bool:
+    try:
+        return procs.port_in_use(port, host)
+    except procs.AddressNotHere:  # nothing can listen there any more
+        return False
+
+
+def stop_server(run_dir: RunDir, name: str, *, timeout: float = 10.0, write: Write = lambda line: None) -> Stopped:
     """Idempotent: a server that is not running is a message, not an error."""
-    with _start_lock(run_dir, name, lambda line: None, timeout + 30):
+    with _start_lock(run_dir, name, write, timeout + 300):  # a start holds it through a --kill-gpu-procs prompt
         record = state.load(run_dir, name)
         if record is None:
             return Stopped(name, None)
-        # marked before the first signal: a watcher or follower that sees it exit knows it was asked to
         if procs.matches(record.pid, record.create_time):
-            record.stopped_at = time.time()
-            state.save(run_dir, record)
+            _mark_stopped(run_dir, record)
         return stop_record(record, timeout=timeout)
+
+
+def stop_servers(run_dir: RunDir, names: list[str], *, timeout: float = 10.0, write: Write = print,
+                 after_stop: Callable[[Stopped], None] = lambda stopped: None) -> None:
+    """Stop each server, then check (`after_stop`, e.g. the GPU release) and verify its port is free.
+    Every server is tried, whatever happens to one; the problems are raised together at the end."""
+    problems: list[tuple[str, GpuopsError]] = []
+    for name in names:
+        try:
+            stopped = stop_server(run_dir, name, timeout=timeout, write=write)
+            write(stopped.summary())
+            if stopped.report and stopped.report.stopped:
+                after_stop(stopped)
+        except GpuopsError as err:
+            problems.append((name, err))
+            continue
+        if not stopped.port_free:
+            problems.append((name, GpuopsError(f"port {stopped.port} is still in use after stopping '{name}'",
+                                               details=[o.describe() for o in stopped.port_owners],
+                                               hint=f"`inv stop-server --port {stopped.port}` stops whatever holds it")))
+    if problems:
+        raise GpuopsError.combine([(f"'{name}'", err) for name, err in problems],
+                                  what="stopping", note="each server was still tried")
+
+
+def only_running_server(run_dir: RunDir, recipe_error: GpuopsError, *, write: Write = print) -> str:
+    """With AGENTS.local.md missing or broken, the one running server gpuops has a record of;
+    otherwise the recipe error (with several running, naming them)."""
+    live = [r.name for r in state.all_records(run_dir) if procs.matches(r.pid, r.create_time)]
+    if len(live) > 1:
+        raise UsageError(f"{recipe_error.message}; {len(live)} servers are running",
+                         hint=f"name one: `inv stop-server --server NAME` ({', '.join(live)}), or --all")
+    if not live:
+        raise recipe_error
+    write(f"note: {recipe_error.message}; stopping the running server '{live[0]}'")
+    return live[0]
 
 
 def stop_port(port: int, *, timeout: float = 10.0, is_root: bool | None = None) -> Stopped:
@@ -571,7 +640,7 @@ def status(run_dir: RunDir) -> list[ServerStatus]:
         if not alive:
             st = "stopped" if r.stopped_at else "exited"
         elif not r.ready_at:  # its watcher may have been interrupted: ask the server itself
-            st = "ready" if r.url and _healthy(r) else "starting"
+            st = "ready" if r.url and r.health_path and _healthy(r) else "starting"
         else:
             st = "ready" if _healthy(r) else "unresponsive"
         out.append(ServerStatus(r.name, st, r.pid, r.port, r.url, r.uptime if alive else None, r.log_path,
@@ -603,11 +672,12 @@ def follow_server(record: StateRecord, write: Write, poll: float = 0.1, run_dir:
         write(f"following {shown(record.log_path)} (Ctrl-C stops following; the server keeps running)")
         follow(record.log_path, write, should_stop=exited, poll=poll)
     except KeyboardInterrupt:
-        write(f"stopped following; '{record.name}' is still running (pid {record.pid}): `inv stop-server` stops it")
+        write(f"stopped following; '{record.name}' is still running (pid {record.pid}): "
+              f"`{command_for('stop-server', record.name)}` stops it")
         return None
     latest = state.load(run_dir, record.name) if run_dir is not None else None
     if latest is not None and latest.pid == record.pid and latest.stopped_at:
-        write(f"'{record.name}' was stopped (`inv stop-server`); stopped following")
+        write(f"'{record.name}' was stopped (stop-server); stopped following")
         return None
     raise StartupFailed(f"server '{record.name}' (pid {record.pid}) exited while being followed",
                         hint=f"read the end of its log: inv logs --name {Path(record.log_path).name}")

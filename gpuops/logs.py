@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+LOG_TAIL_LINES = 20  # how many of a server's last log lines come with an error about it
 LOG_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?\.log$")
 
 
@@ -26,6 +27,21 @@ def shown(path: str | Path) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(p)
+
+
+def create_run_folder(parent: Path, now: float | None = None) -> Path:
+    """Create `parent/YYYYMMDD-HHMMSS` (then -2, -3, ... in the same second): a profile or load-test
+    report never lands in an earlier one's folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
+    n = 1
+    while True:
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def create_log(folder: Path, prefix: str, now: float | None = None) -> Path:
@@ -154,3 +170,23 @@ def follow(path: str | Path, write: Callable[[str], None], *, from_lines: int = 
                 write(line)
             if not lines:
                 time.sleep(poll)
+
+
+def add_log_tail(err, log_path: str | Path | None, n: int = LOG_TAIL_LINES):
+    """Append the server's last log lines (and the likely cause, when one is recognised) to an error."""
+    if not log_path:
+        return err
+    from gpuops.engines import diagnose
+
+    lines = tail_lines(log_path, n)
+    if not lines:
+        err.details.append(f"(the server log {log_path} is empty or missing)")
+        return err
+    found = diagnose(lines)
+    if found:
+        err.details.append(f"likely cause: {found.kind}: {found.line}")
+        if found.hint and not err.hint:
+            err.hint = found.hint
+    err.details.append(f"last {len(lines)} lines of {log_path}:")
+    err.details += [f"  {line}" for line in lines]
+    return err

@@ -58,6 +58,11 @@ _CALL_REASONS = {
 }
 
 
+def _reason(err) -> str:
+    """The table's words for a failed query: `_reason(NVMLError_NoPermission())` -> "no permission"."""
+    return _CALL_REASONS.get(type(err).__name__, str(err))
+
+
 def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -106,7 +111,7 @@ class Nvml:
         try:
             return fn(*args, **kwargs)
         except self._lib.NVMLError as err:
-            raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+            raise NvmlCallFailed(_reason(err)) from None
         except self._mismatch:
             raise NvmlCallFailed(DRIVER_TOO_OLD) from None
 
@@ -117,7 +122,7 @@ class Nvml:
         except (self._lib.NVMLError_NotSupported, self._lib.NVMLError_FunctionNotFound):
             return None
         except self._lib.NVMLError as err:
-            raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+            raise NvmlCallFailed(_reason(err)) from None
 
     # --- queries ---
 
@@ -174,7 +179,7 @@ class Nvml:
         try:
             entries = getattr(lib, name)(handle)
         except lib.NVMLError as err:
-            raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+            raise NvmlCallFailed(_reason(err)) from None
         except self._mismatch:
             entries = self._call(getattr(lib, f"{name}_v2"), handle)
         return [(int(p.pid), _mib(p.usedGpuMemory)) for p in entries]
@@ -191,7 +196,7 @@ class Nvml:
             except lib.NVMLError_NotFound:
                 continue  # an empty slot: no GPU instance created there
             except lib.NVMLError as err:
-                raise NvmlCallFailed(_CALL_REASONS.get(type(err).__name__, str(err))) from None
+                raise NvmlCallFailed(_reason(err)) from None
             uuids.append(_text(self._call(lib.nvmlDeviceGetUUID, mig)))
         return uuids
 

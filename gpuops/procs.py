@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from gpuops.errors import UsageError
+from gpuops.recipes import mask_secrets
 from gpuops.state import TAG_VAR
 
 CREATE_TIME_SLACK = 0.05  # psutil create_time is derived from clock ticks: allow for rounding
@@ -43,9 +43,10 @@ def matches(pid: int, create_time: float) -> bool:
 
 
 def command_of(p: psutil.Process) -> str:
+    """The command line as gpuops shows it: secret flags (`--api-key sk-...`) masked."""
     try:
         cmd = p.cmdline()
-        return " ".join(cmd) if cmd else f"[{p.name()}]"
+        return mask_secrets(" ".join(cmd), {}) if cmd else f"[{p.name()}]"
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return "(command not readable)"
 
@@ -100,11 +101,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
             s.bind((bind_host, port))
         except OSError as err:
             if err.errno == errno.EADDRNOTAVAIL:
-                raise UsageError(f"cannot listen on {host}:{port}: {host} is not an address of this machine",
-                                 hint="use --host 127.0.0.1 (this machine only) or 0.0.0.0 (every interface) "
-                                      "in AGENTS.local.md") from None
+                raise AddressNotHere(host) from None
             return True
     return False
+
+
+class AddressNotHere(OSError):
+    """No interface of this machine has that address: nothing can listen there."""
 
 
 def tagged(tag: str) -> list[psutil.Process]:

@@ -1,6 +1,6 @@
 """Capture a server-side PyTorch profile while the server works, and bring the trace files back.
 
-    >>> result = capture("http://127.0.0.1:8000", "demo", out_dir=new_profile_dir(RunDir(".").profiles),
+    >>> result = capture("http://127.0.0.1:8000", "demo", out_dir=create_run_folder(RunDir(".").profiles),
     ...                  num_steps=25, load=True, write=print)
     profile: Fireworks-style GET /profile (25 steps, with_stack=false) at http://127.0.0.1:8000
     ...
@@ -186,20 +186,6 @@ class Settler:
 
 
 # ---------------------------------------------------------------- files (I/O)
-
-
-def new_profile_dir(parent: Path, now: float | None = None) -> Path:
-    """Create `parent/YYYYMMDD-HHMMSS` (then -2, -3, ...): a capture never lands in an earlier one's folder."""
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
-    n = 1
-    while True:
-        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
 
 
 def snapshot(folder: Path) -> dict[str, int]:

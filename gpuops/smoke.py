@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gpuops.edge import number
-from gpuops.errors import GpuopsError, RequestFailed, ServerNotRunning, UsageError
+from gpuops.checks import number
+from gpuops.errors import GpuopsError, RequestFailed, UsageError
+from gpuops.logs import add_log_tail
 
 OPENAI_ENGINES = frozenset({"openai", "demo", "uvicorn", "vllm", "sglang", "llama.cpp", "mlx_lm", "generic"})
 STATS_ENGINES = frozenset({"comfyui"})
 DEFAULT_PRESET = "blue_sky"
 DEFAULT_MAX_TOKENS = 64
 PRESET_KEYS = ("prompt", "max_tokens")
-LOG_TAIL_LINES = 20
 ANSWER_EXCERPT = 80  # characters of the answer shown in the one-line summary
 
 
@@ -346,10 +346,8 @@ class SmokeResult:
         lines.append("answer:")
         lines += _wrapped(self.text.strip() or "(empty)")
         tail = f", finish: {self.finish_reason}" if self.finish_reason else ""
-        source = {"usage": " (counted by the server)", "chunks": " (streamed chunks; no usage reported)"}
-        lines.append(f"{self.stats()}{tail}")
-        if self.tokens_from in source:
-            lines.append(f"tokens{source[self.tokens_from]}")
+        source = {"usage": "; tokens counted by the server", "chunks": "; tokens counted as streamed chunks (no usage)"}
+        lines.append(f"{self.stats()}{tail}{source.get(self.tokens_from, '')}")
         return lines
 
 
@@ -572,27 +570,6 @@ def _read_whole(resp, t0: float, on_text) -> SmokeResult:
                        reasoning=reasoning)
 
 
-def add_log_tail(err: GpuopsError, log_path: str | Path | None, n: int = LOG_TAIL_LINES) -> GpuopsError:
-    """Append the server's last log lines (and the likely cause, when one is recognised) to an error."""
-    if not log_path:
-        return err
-    from gpuops.engines import diagnose
-    from gpuops.logs import tail_lines
-
-    lines = tail_lines(log_path, n)
-    if not lines:
-        err.details.append(f"(the server log {log_path} is empty or missing)")
-        return err
-    found = diagnose(lines)
-    if found:
-        err.details.append(f"likely cause: {found.kind}: {found.line}")
-        if found.hint and not err.hint:
-            err.hint = found.hint
-    err.details.append(f"last {len(lines)} lines of {log_path}:")
-    err.details += [f"  {line}" for line in lines]
-    return err
-
-
 def load_presets(config_presets, agents_file: str | Path | None) -> dict[str, dict]:
     """Config presets merged with those of AGENTS.local.md (when that file exists)."""
     recipe_presets: dict = {}
@@ -619,46 +596,6 @@ def with_server_log(err: GpuopsError, target: Target) -> GpuopsError:
     if target.note:
         err.details.append(target.note)
     return add_log_tail(err, target.log_path)
-
-
-def _started(rec) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.started_at))
-
-
-def _start_command(name: str) -> str:
-    return "inv start-server" + (f" --server {name}" if name != "server" else "")
-
-
-def not_running_error(rec) -> GpuopsError:
-    """ServerNotRunning (exit 6) for a server gpuops started whose process is gone: stopped on request,
-    or exited by itself (a crash, kill -9, OOM killer), then with its last log lines, which say why."""
-    if getattr(rec, "stopped_at", None):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.stopped_at))
-        return ServerNotRunning(f"server '{rec.name}' is not running: it was stopped at {when} (`inv stop-server`)",
-                                hint=f"start it again with `{_start_command(rec.name)}`, "
-                                     "or pass --url http://HOST:PORT")
-    where = f" at {rec.url}" if rec.url else ""
-    err = ServerNotRunning(f"server '{rec.name}' (pid {rec.pid}) has exited: gpuops started it{where} at "
-                           f"{_started(rec)}, and it is no longer running",
-                           hint=f"its last log lines say why; start it again with `{_start_command(rec.name)}`")
-    return add_log_tail(err, rec.log_path)
-
-
-def find_record(run_dir, name: str | None = None):
-    """The state record of a live server (by name, else the newest live one).
-
-    No live one: ServerNotRunning (exit 6); when gpuops started the named (or newest) server and its
-    process is gone, the error says so, with the server's last log lines.
-    """
-    from gpuops import procs, state
-
-    records = [r for r in state.all_records(run_dir) if name is None or r.name == name]
-    live = [r for r in records if procs.matches(r.pid, r.create_time)]
-    if live:
-        return max(live, key=lambda r: r.started_at)
-    if not records:
-        return state.find_running(run_dir, name)  # never started: its "no running server" error
-    raise not_running_error(max(records, key=lambda r: r.started_at))
 
 
 def _same_url(rec, base: str) -> bool:
@@ -688,12 +625,12 @@ def find_target(run_dir, *, url: str | None = None, server: str | None = None,
             return Target(base, engine or live[-1].engine, live[-1].log_path, live[-1])
         if same:
             rec = same[-1]
-            state_word = "was stopped" if getattr(rec, "stopped_at", None) else "has exited"
+            state_word = "was stopped" if rec.stopped_at else "has exited"
             return Target(base, engine or rec.engine, rec.log_path,
                           note=f"server '{rec.name}' (pid {rec.pid}), which gpuops started at this URL at "
-                               f"{_started(rec)}, {state_word}")
+                               f"{state.started_text(rec)}, {state_word}")
         return Target(base, engine or "openai")
-    rec = find_record(run_dir, server)
+    rec = state.find_running(run_dir, server)
     if not rec.url:
         raise UsageError(f"server '{rec.name}' has no URL (its command names no port)",
                          hint="pass --url http://HOST:PORT")

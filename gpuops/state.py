@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,14 +93,53 @@ def lock(run_dir: RunDir, name: str, timeout: float = -1) -> FileLock:
     return FileLock(str(run_dir.state / f"{name}.lock"), timeout=timeout)
 
 
+def started_text(rec: StateRecord) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.started_at))
+
+
+def command_for(task: str, name: str, *flags: str) -> str:
+    """What the user types to run `task` for server `name`, as the program they ran is called.
+
+    >>> command_for("stop-server", "vllm"), command_for("start-server", "server", "--restart")
+    ('inv stop-server --server vllm', 'inv start-server --restart')
+    """
+    program = "gpuops" if os.path.basename(sys.argv[0]) == "gpuops" else "inv"
+    return " ".join([program, task, *flags, *(["--server", name] if name != "server" else [])])
+
+
+def _start_command(name: str) -> str:
+    return command_for("start-server", name)
+
+
+def not_running_error(rec: StateRecord) -> ServerNotRunning:
+    """For a server gpuops started whose process is gone: stopped on request, or exited by itself
+    (a crash, kill -9, the OOM killer), then with its last log lines, which say why."""
+    if rec.stopped_at:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.stopped_at))
+        return ServerNotRunning(f"server '{rec.name}' is not running: it was stopped at {when} (stop-server)",
+                                hint=f"start it again with `{_start_command(rec.name)}`, "
+                                     "or pass --url http://HOST:PORT")
+    from gpuops.logs import add_log_tail
+
+    where = f" at {rec.url}" if rec.url else ""
+    err = ServerNotRunning(f"server '{rec.name}' (pid {rec.pid}) has exited: gpuops started it{where} at "
+                           f"{started_text(rec)}, and it is no longer running",
+                           hint=f"its last log lines say why; start it again with `{_start_command(rec.name)}`")
+    return add_log_tail(err, rec.log_path)
+
+
 def find_running(run_dir: RunDir, name: str | None = None) -> StateRecord:
-    """The record of a live server (by name, else the newest live one), or ServerNotRunning."""
+    """The record of a live server (by name, else the newest live one), or ServerNotRunning (exit 6):
+    saying that the server gpuops started has exited (with its last log lines) or was stopped, when
+    there is a record of it."""
     from gpuops import procs  # psutil-backed identity check
 
     records = [r for r in all_records(run_dir) if name is None or r.name == name]
     live = [r for r in records if procs.matches(r.pid, r.create_time)]
     if live:
         return max(live, key=lambda r: r.started_at)
+    if records:
+        raise not_running_error(max(records, key=lambda r: r.started_at))
     which = f"server '{name}'" if name else "server"
     raise ServerNotRunning(
         f"no running {which} found in {run_dir.state}",

@@ -16,12 +16,32 @@ import sys
 from invoke import Collection, task  # noqa: F401
 
 from gpuops.config import DEFAULTS, RunDir
-from gpuops.edge import edge, number, setting  # noqa: F401
-from gpuops.logs import shown
+from gpuops.edge import edge, number, project_root, setting  # noqa: F401
+from gpuops.logs import create_run_folder, shown
 
 
-def run_dir(c) -> RunDir:
-    return RunDir(setting(c, "run_dir"))
+def run_dir(c, agents_file=None) -> RunDir:
+    """The run folder. For the `gpuops` command (no tasks.py), a relative one sits beside the
+    AGENTS.local.md given with --agents-file, so a later `gpuops stop-server` run from that folder
+    finds the server again."""
+    import os
+
+    folder = setting(c, "run_dir")
+    if agents_file and project_root(c) is None and not os.path.isabs(os.path.expanduser(folder)):
+        folder = os.path.join(os.path.dirname(agents_file), folder)
+    return RunDir(folder)
+
+
+def _agents_file(c, agents_file=None) -> str:
+    """AGENTS.local.md's path; one given as a flag must exist (a typo must not fall back to defaults)."""
+    import os
+
+    from gpuops.errors import RecipeError
+
+    if agents_file is not None and not os.path.isfile(agents_file):
+        raise RecipeError("file not found", path=agents_file,
+                          hint="check the --agents-file path (leave it out to use the project's AGENTS.local.md)")
+    return setting(c, "agents_file", agents_file)
 
 
 # --- lifecycle tasks (start-server, stop-server, status, logs) ---
@@ -30,7 +50,7 @@ def run_dir(c) -> RunDir:
 def _recipe(c, server=None, agents_file=None):
     from gpuops.recipes import load_recipes
 
-    return load_recipes(setting(c, "agents_file", agents_file)).server(setting(c, "server", server))
+    return load_recipes(_agents_file(c, agents_file)).server(setting(c, "server", server))
 
 
 def _out(line: str) -> None:
@@ -58,7 +78,7 @@ def _gpu_preflight(c, *, kill: bool, yes: bool, stop_timeout: float):
             inv = gpus.wait_released(replaced_pids, float(setting(c, "gpu_release_timeout")))
         # the server inherits our environment: a CUDA_VISIBLE_DEVICES exported in the shell counts
         needed = gpus.needed_gpus({**os.environ, **recipe.env}, recipe.argv, inv)
-        busy_mib = float(setting(c, "gpu_busy_mib"))
+        busy_mib = number("gpuops.gpu_busy_mib", setting(c, "gpu_busy_mib"), low_ok=True)
         if kill:
             gpus.free_gpus(inv, needed, busy_mib, yes=yes, confirm=_confirm if sys.stdin.isatty() else None,
                            timeout=stop_timeout,
@@ -88,21 +108,15 @@ def _smoke_plan(c, smoke_preset=None, agents_file=None):
                             timeout=setting(c, "smoke_timeout"))
 
 
-def _auto_smoke(plan, record):
-    """(banner line, error or None): the error is RequestFailed with the server's last log lines."""
-    from gpuops import smoke
-
-    return smoke.auto_smoke(plan, record)
-
-
 def _smoke_presets(c, agents_file=None) -> dict:
     """Presets from config, with those of the agents file's "Smoke presets" block laid over them."""
     from gpuops import smoke
 
-    return smoke.load_presets(setting(c, "smoke_presets"), setting(c, "agents_file", agents_file))
+    return smoke.load_presets(setting(c, "smoke_presets"), _agents_file(c, agents_file))
 
 
 @task(
+    auto_shortflags=False,  # a generated -h (for --hang-timeout) would answer `inv start-server -h` with an error
     help={
         "server": "Which server recipe of AGENTS.local.md to start (default: the first one).",
         "agents-file": "Path of the file holding the commands (default: AGENTS.local.md).",
@@ -134,7 +148,7 @@ def start_server(c, server=None, agents_file=None, restart=False, follow=True, s
     from gpuops.banner import ready_banner
 
     recipe = _recipe(c, server, agents_file)
-    rd = run_dir(c)
+    rd = run_dir(c, agents_file)
     stop_t = number("--stop-timeout", setting(c, "stop_timeout", stop_timeout))
     waits = {"hang_timeout": number("--hang-timeout", setting(c, "hang_timeout", hang_timeout)),
              "start_timeout": number("--start-timeout", setting(c, "start_timeout", start_timeout))}
@@ -150,7 +164,9 @@ def start_server(c, server=None, agents_file=None, restart=False, follow=True, s
              f"{lifecycle.format_uptime(rec.uptime)}, log {shown(rec.log_path)}")
         _out("(use --restart to stop it and start it again)")
         return
-    smoke_line, smoke_error = _auto_smoke(plan, rec) if plan is not None else (None, None)
+    from gpuops.smoke import auto_smoke
+
+    smoke_line, smoke_error = auto_smoke(plan, rec) if plan is not None else (None, None)
     gpu_lines, model_lines = _gpu_banner(recipe, rec)
     for line in ready_banner(rec, started.outcome, gpu_lines=gpu_lines, model_lines=model_lines,
                              smoke_line=smoke_line):
@@ -180,7 +196,8 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
     from gpuops import lifecycle, state
 
     t = number("--timeout", setting(c, "stop_timeout", timeout))
-    rd = run_dir(c)
+    _agents_file(c, agents_file)  # a mistyped --agents-file must not fall back to stopping what runs
+    rd = run_dir(c, agents_file)
     if port is not None:
         port = number("--port", port, whole=True, high=65535)
         stopped = lifecycle.stop_port(port, timeout=t)
@@ -190,54 +207,35 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
         return
     if all:
         names = [r.name for r in state.all_records(rd)]
+    elif setting(c, "server", server):
+        names = [_known_server(c, rd, setting(c, "server", server), agents_file)]
     else:
-        names = [setting(c, "server", server) or _default_server_name(c, rd, agents_file)]
-    from gpuops.errors import GpuopsError
+        from gpuops.errors import RecipeError
 
-    problems: list[tuple[str, GpuopsError]] = []  # with --all, one server's trouble must not spare the next
-    for name in names or ["server"]:
         try:
-            stopped = lifecycle.stop_server(rd, name, timeout=t)
-        except GpuopsError as err:
-            problems.append((name, err))
-            continue
-        _out(stopped.summary())
-        if stopped.report and stopped.report.stopped:
-            try:
-                _verify_gpus_released(c, stopped)
-            except GpuopsError as err:
-                problems.append((name, err))
-        if not stopped.port_free:
-            problems.append((name, GpuopsError(f"port {stopped.port} is still in use after stopping '{name}'",
-                                               details=[o.describe() for o in stopped.port_owners],
-                                               hint=f"`inv stop-server --port {stopped.port}` stops whatever holds it")))
-    if len(problems) == 1:
-        raise problems[0][1]
-    if problems:
-        which = ", ".join(f"'{n}'" for n in dict.fromkeys(n for n, _ in problems))
-        err = GpuopsError(f"{len(problems)} problems while stopping {which} (each server was still tried):",
-                          details=[line for name, p in problems for line in f"'{name}': {p.render()}".splitlines()])
-        err.exit_code = problems[0][1].exit_code
-        raise err
+            names = [_recipe(c, None, agents_file).name]
+        except RecipeError as err:  # a broken file must not keep a running server from being stopped
+            names = [lifecycle.only_running_server(rd, err, write=_out)]
+    lifecycle.stop_servers(rd, names or ["server"], timeout=t, write=_out,
+                           after_stop=lambda stopped: _verify_gpus_released(c, stopped))
 
 
-def _default_server_name(c, rd, agents_file) -> str:
-    """The first recipe's name; if AGENTS.local.md is missing or broken, the one running server gpuops
-    has a record of (a broken file must not keep a running server from being stopped)."""
-    from gpuops import procs, state
-    from gpuops.errors import RecipeError
+def _known_server(c, rd, name: str, agents_file=None) -> str:
+    """`name` when gpuops has a record or a recipe of it; else a usage error naming the known ones."""
+    from gpuops import state
+    from gpuops.errors import RecipeError, UsageError
+    from gpuops.recipes import load_recipes
 
+    recorded = [r.name for r in state.all_records(rd)]
     try:
-        return _recipe(c, None, agents_file).name
-    except RecipeError as err:
-        live = [r.name for r in state.all_records(rd) if procs.matches(r.pid, r.create_time)]
-        if len(live) > 1:
-            raise RecipeError(f"{err.message}; {len(live)} servers are running",
-                              hint=f"name one: `inv stop-server --server NAME` ({', '.join(live)}), or --all") from None
-        if not live:
-            raise
-        _out(f"note: {err.message}; stopping the running server '{live[0]}'")
-        return live[0]
+        recipes = list(load_recipes(_agents_file(c, agents_file)).servers)
+    except RecipeError:
+        recipes = []
+    if name in recorded or name in recipes:
+        return name
+    known = ", ".join(dict.fromkeys(recipes + recorded)) or "none"
+    raise UsageError(f"no server named '{name}': no recipe in AGENTS.local.md and no record in {rd.state}",
+                     hint=f"known servers: {known}")
 
 
 def _verify_gpus_released(c, stopped) -> None:
@@ -267,15 +265,17 @@ def status(c, json=False):  # noqa: A002
     if not servers:
         _out("no servers known (start one with `inv start-server`)")
         return
+    from pathlib import Path
+
     from rich.console import Console
     from rich.table import Table
 
-    table = Table()
+    table = Table(caption=f"logs in {shown(run_dir(c).logs)}; `inv logs --name FILE` shows one")
     for column in ("server", "state", "pid", "port", "url", "uptime", "engine", "log"):
         table.add_column(column, overflow="fold")  # a URL or log path cut short with "…" is useless
     for s in servers:
         table.add_row(s.name, s.state, str(s.pid), str(s.port or "-"), s.url or "-",
-                      lifecycle.format_uptime(s.uptime), s.engine, shown(s.log_path))
+                      lifecycle.format_uptime(s.uptime), s.engine, Path(s.log_path).name)
     Console().print(table)
 
 
@@ -316,6 +316,10 @@ def logs(c, name=None, prefix=None, lines=None, follow=False, list=False):  # no
             raise UsageError(f"no log {name!r} (looked in {folder})", hint="`inv logs --list` shows the logs")
     elif found:
         path = found[-1]
+    elif prefix:
+        kinds = sorted({m["prefix"] for p in runlogs.list_logs(folder) if (m := runlogs.LOG_NAME.match(p.name))})
+        raise UsageError(f"no {prefix} logs in {folder}", hint=f"logs there are of: {', '.join(kinds)}" if kinds
+                         else "start a server with `inv start-server`")
     else:
         raise UsageError(f"no logs in {folder}", hint="start a server with `inv start-server`")
     _out(f"==> {path} <==")
@@ -347,6 +351,7 @@ def gpus(c, json=False, busy_mib=None):  # noqa: A002
     """
     from gpuops import gpus as gpuinfo
 
+    busy = number("--busy-mib", setting(c, "gpu_busy_mib", busy_mib), low_ok=True)
     inv = gpuinfo.inventory()
     if json:
         import json as _json
@@ -357,7 +362,7 @@ def gpus(c, json=False, busy_mib=None):  # noqa: A002
         return
     from rich.console import Console
 
-    gpuinfo.render_table(inv, Console(), busy_mib=float(setting(c, "gpu_busy_mib", busy_mib)))
+    gpuinfo.render_table(inv, Console(), busy_mib=busy)
 
 
 # --- smoke and profile tasks ---
@@ -371,7 +376,7 @@ def gpus(c, json=False, busy_mib=None):  # noqa: A002
         "max-tokens": "How many tokens to ask for (default: the preset's, else 64).",
         "stream": "Stream the answer and measure time to first token (default); --no-stream asks for it whole.",
         "chat": "Use /v1/chat/completions (the model's chat template applies) instead of /v1/completions.",
-        "completion": "Use /v1/completions even where gpuops.smoke_chat in invoke.yaml says chat (the default).",
+        "completion": "Use /v1/completions (the default; overrides gpuops.smoke_chat: true in invoke.yaml).",
         "model": "Model name to send (default: the first id of GET /v1/models).",
         "url": "Talk to this server (http://HOST:PORT) instead of the running one gpuops started.",
         "server": "Which running server (recipe name) to test (default: the newest running one).",
@@ -414,7 +419,8 @@ def smoke(c, preset=None, prompt=None, max_tokens=None, stream=True, chat=False,
         "with-stack": "Record Python stacks too (bigger traces, more overhead).",
         "dir": "Folder for the trace files (default: do_not_commit/profiles/<timestamp>/, never reused).",
         "load": "Drive a short background load (4 streaming requests) during the capture so decode steps exist.",
-        "url": "Profile this server (http://HOST:PORT) instead of the running one gpuops started (needs --engine).",
+        "url": "Profile this server (http://HOST:PORT) instead of the running one gpuops started (add --engine "
+        "when gpuops did not start it).",
         "server": "Which running server (recipe name) to profile (default: the newest running one).",
         "engine": "Treat the server as this engine: vllm, sglang, or uvicorn/demo (Fireworks-style GET /profile).",
         "settle-timeout": "Seconds to wait for the trace files to appear and stop growing (default 120).",
@@ -445,7 +451,7 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
     quiet = number("gpuops.profile_quiet_seconds", setting(c, "profile_quiet_seconds"))
     target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
     flavour = profiling.flavour_of(target.engine)  # no endpoint: say what to use, before making folders
-    out = Path(dir) if dir else profiling.new_profile_dir(run_dir(c).profiles)
+    out = Path(dir) if dir else create_run_folder(run_dir(c).profiles)
     rec = target.record
     server_dir = None
     if flavour == "vllm":  # vLLM writes into its own folder: read it from the server process
@@ -479,7 +485,7 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
         "run-time": "How long to send load: 30s, 90, 2m, 1m30s, 1h (default 30s). Requests in flight then "
         "get up to 30 s to finish.",
         "prompt-tokens": "Prompt length in words, about one token each (default 128); reported from the server's usage.",
-        "max-tokens": "Tokens to generate per request (default 64; vLLM, SGLang and llama.cpp get ignore_eos).",
+        "max-tokens": "Tokens to generate per request (default 64; vLLM, SGLang, llama.cpp and the demo get ignore_eos).",
         "stream": "Stream answers and measure TTFT, ITL and TPOT (the default).",
         "no-stream": "Ask for whole answers: end-to-end latency and throughput only.",
         "chat": "Use /v1/chat/completions.",
@@ -537,7 +543,7 @@ def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None,
            "api": "chat" if chat else ("completion" if completion else None),
            "shared_prefix": True if shared_prefix else (False if no_shared_prefix else None),
            "detach": detach or None, "web": web or None}
-    prepared = command.prepare(cli, agents_file=setting(c, "agents_file", agents_file), run_dir=run_dir(c))
+    prepared = command.prepare(cli, agents_file=_agents_file(c, agents_file), run_dir=run_dir(c, agents_file))
     if prepared.opts.detach:
         code = command.run_detached(prepared, _out)
         if code:

@@ -35,6 +35,7 @@ class Outcome:
     tail: list[str] = field(default_factory=list)
     diagnosis: Diagnosis | None = None
     ready_line: str | None = None
+    quiet: float = 0.0  # seconds since the log last grew
 
 
 class HealthProbe:
@@ -87,8 +88,9 @@ def wait_until_ready(
 
     def result(state: str, code: int | None = None) -> Outcome:
         lines = list(tail)
-        return Outcome(state, clock() - t0, code, lines[-40:], diagnose(lines) if state != "ready" else None,
-                       ready_line)
+        now = clock()
+        return Outcome(state, now - t0, code, lines[-40:], diagnose(lines) if state != "ready" else None,
+                       ready_line, quiet=now - last_output)
 
     with LogReader(log_path, start_at_end=offset is None, offset=offset or 0) as reader:
         try:

@@ -46,6 +46,19 @@ def _kill_tagged_under(folder: Path) -> None:
             continue
 
 
+def kill_groups(procs: list[subprocess.Popen]) -> None:
+    """Fixture teardown for processes started with start_new_session=True: SIGKILL each one's whole
+    process group (children too), reap the leader, close its pipe."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 class Project:
     """A folder with its own AGENTS.local.md and do_not_commit/, where gpuops runs as a user would."""
 

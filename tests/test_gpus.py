@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,8 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from conftest import REPO, free_port
-from gpuops import gpus
+from conftest import REPO, free_port, kill_groups
+from gpuops import gpus, procs
 from gpuops.errors import GpusBusy
 from gpuops.gpus import Gpu, GpuProcess, Inventory
 from gpuops.nvml import Nvml
@@ -111,13 +112,7 @@ def holders(device):
         return Holder(proc, child_pid)
 
     yield start
-    for proc in started:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        proc.stdout.close()
+    kill_groups(started)
 
 
 def nvml_for(fake: FakePynvml, device: Device) -> Nvml:
@@ -1091,14 +1086,28 @@ def test_kill_gpu_procs_sigkills_after_the_stop_timeout_flag_not_the_config(monk
     stubborn = holders(ignore_term=True)
     fake = FakePynvml([FakeGpu(processes=[FakeProcess(stubborn.pid, 30000, track=True)])], lag=0.05)
     monkeypatch.setenv("INVOKE_GPUOPS_STOP_TIMEOUT", "60")
+    # Record the grace period each stop was given and what it reported, so the test checks which
+    # timeout applied, not how fast this machine is.
+    stops: list[tuple[float, procs.StopReport]] = []
+    real_stop = procs.stop_processes
 
-    t0 = time.monotonic()
+    def recording_stop(targets, **kwargs):
+        report = real_stop(targets, **kwargs)
+        stops.append((kwargs["timeout"], report))
+        return report
+
+    monkeypatch.setattr(procs, "stop_processes", recording_stop)
+
     code = run_inv(monkeypatch, project, fake, device, "start-server", "--no-follow", "--no-smoke",
                    "--kill-gpu-procs", "--yes", "--stop-timeout", "0.5")
-    elapsed = time.monotonic() - t0
     text = capsys.readouterr()
 
     assert code == 0, text
-    assert gone(stubborn.pid) and "1 needed SIGKILL" in text.out
-    assert elapsed < 40  # not the 60 s of the config (a wide margin: this checks which timeout, not speed)
+    ((timeout, report),) = [(t, r) for t, r in stops if stubborn.pid in {v.pid for v in r.stopped}]
+    assert timeout == 0.5  # the flag, not the config's 60
+    assert [v.pid for v in report.killed] == [stubborn.pid] and not report.survivors
+    assert report.elapsed >= 0.5  # SIGKILL came only after the grace period had run out
+    assert gone(stubborn.pid)
+    reported = re.search(r"stopped 1 process\(es\) in ([\d.]+) s, 1 needed SIGKILL", text.out)
+    assert reported and float(reported[1]) >= 0.5, text.out
     run_inv(monkeypatch, project, fake, device, "stop-server")

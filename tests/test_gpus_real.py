@@ -19,6 +19,7 @@ import time
 import psutil
 import pytest
 
+from conftest import kill_groups
 from gpuops import gpus
 
 INV = gpus.inventory()
@@ -108,13 +109,7 @@ def cuda_holder():
         return proc
 
     yield start
-    for proc in started:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        proc.stdout.close()
+    kill_groups(started)
 
 
 def _listed(pid: int) -> list[tuple[gpus.Gpu, gpus.GpuProcess]]:

@@ -99,9 +99,10 @@ def test_hang_is_detected_and_the_hung_server_is_stopped(project, port):
     project.demo_agents(port, env="GPUOPS_DEMO_FAULT=hang")
     r = project.gpuops(*START, "--hang-timeout", "1.5")
     assert r.code == 3, r.text
-    assert "looks hung" in r.err
+    assert "looks hung" in r.err and "raise --hang-timeout" in r.err
     tag = project.record()["tag"]
     assert tagged_pids(tag) == set()
+    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "stopped"  # by gpuops, not a crash
 
 
 def test_keep_on_failure_leaves_a_hung_server_running(project, port):
@@ -117,6 +118,7 @@ def test_start_times_out_with_overall_limit(project, port):
     r = project.gpuops(*START, "--start-timeout", "1.5")
     assert r.code == 3, r.text
     assert "not ready within the start-up limit" in r.err
+    assert "raise --start-timeout" in r.err and "--hang-timeout" not in r.err  # the limit that was hit
 
 
 def test_second_start_reuses_the_running_server(project, port):
@@ -355,7 +357,7 @@ def test_stop_goes_through_while_a_start_is_being_watched(project, port):
     assert "stopped 'server'" in stop.out
     out, _ = starting.communicate(timeout=30)
     assert starting.returncode == 3
-    assert "was stopped (`inv stop-server`) before it was ready" in out
+    assert "was stopped (stop-server) before it was ready" in out
     assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "stopped"
 
 
@@ -397,7 +399,7 @@ def test_following_ends_quietly_when_the_server_is_stopped(project, port):
     assert project.gpuops("stop-server").code == 0
     out, _ = follower.communicate(timeout=20)
     assert follower.returncode == 0, out
-    assert "was stopped (`inv stop-server`); stopped following" in out
+    assert "was stopped (stop-server); stopped following" in out
 
 
 def test_a_host_that_is_not_this_machine_is_named_not_called_a_busy_port(project, port):
@@ -473,6 +475,7 @@ def test_inv_from_a_subfolder_finds_the_project_files(project, port):
     (("stop-server", "--port", "70000"), "--port"),
     (("start-server", "--no-follow", "--hang-timeout", "abc"), "--hang-timeout"),
     (("start-server", "--no-follow", "--stop-timeout", "-1"), "--stop-timeout"),
+    (("gpus", "--busy-mib", "abc"), "--busy-mib"),
 ])
 def test_bad_numbers_are_usage_errors_naming_the_flag(project, port, args, flag):
     project.demo_agents(port)
@@ -492,3 +495,51 @@ def test_server_outlives_gpuops_killed_while_following(project, port, sig):
     follower.wait(timeout=10)
     assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
     assert psutil.Process(project.record()["pid"]).status() != psutil.STATUS_ZOMBIE
+
+
+def test_hints_name_the_server_they_are_about(project, port):
+    project.demo_agents(port, env="GPUOPS_DEMO_LOAD_SECONDS=2", title="## Server: slow")
+    starting = spawn_until(project, "started 'slow'", *START)
+    starting.send_signal(signal.SIGINT)
+    out, _ = starting.communicate(timeout=20)
+    assert starting.returncode == 130, out
+    assert "`inv start-server --server slow` watches it again" in out
+    assert "`inv stop-server --server slow` stops it" in out
+    assert project.gpuops("stop-server", "--server", "slow").code == 0
+
+
+def test_gpuops_command_keeps_its_run_folder_beside_the_agents_file_it_was_given(project, port):
+    alt = project.root / "alt"
+    alt.mkdir()
+    (alt / "AGENTS.local.md").write_text(project.demo_agents(port).read_text())
+    (project.root / "AGENTS.local.md").unlink()
+    assert project.gpuops(*START, "--agents-file", "alt/AGENTS.local.md").code == 0
+    assert (alt / "do_not_commit" / "state" / "server.json").exists()
+    stop = subprocess.run([sys.executable, "-m", "gpuops", "stop-server"], cwd=alt, capture_output=True, text=True,
+                          timeout=60, env=project.env, stdin=subprocess.DEVNULL)
+    assert stop.returncode == 0 and "stopped 'server'" in stop.stdout, stop.stdout + stop.stderr
+
+
+@pytest.mark.parametrize("task", [("stop-server",), ("smoke",), ("load-test", "--run-time", "2s"),
+                                  ("start-server", "--no-follow")])
+def test_a_mistyped_agents_file_is_an_error_not_a_fall_back(project, port, task):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    r = project.gpuops(*task, "--agents-file", "AGENTS.lcoal.md")
+    assert r.code == 2, r.text
+    assert "AGENTS.lcoal.md: file not found" in r.err
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200  # nothing stopped
+
+
+def test_stop_of_a_server_gpuops_never_heard_of_says_so(project, port):
+    project.demo_agents(port)
+    r = project.gpuops("stop-server", "--server", "nosuch")
+    assert r.code == 2, r.text
+    assert "no server named 'nosuch'" in r.err and "known servers: server" in r.err
+
+
+def test_logs_of_a_kind_there_is_none_of_says_which_kinds_there_are(project, port):
+    project.demo_agents(port)
+    assert project.gpuops(*START).code == 0
+    r = project.gpuops("logs", "--prefix", "locust")
+    assert r.code == 2 and "no locust logs in" in r.err and "logs there are of: server" in r.err

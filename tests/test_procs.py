@@ -104,3 +104,25 @@ def test_server_tree_ignores_a_stale_record_of_a_reused_pid():
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_stopped_and_port_holding_commands_are_shown_with_secret_flags_masked():
+    port = free_port()
+    code = textwrap.dedent(f"""
+        import socket, time
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port})); s.listen(); time.sleep(30)
+    """)
+    # the secret sits on the command line, as with `vllm serve ... --api-key sk-...`
+    proc = subprocess.Popen([sys.executable, "-c", code, "--api-key", "sk-secret123"], start_new_session=True)
+    try:
+        assert wait_for(lambda: procs.port_owners(port))
+        (owner,) = procs.port_owners(port)
+        assert "sk-secret123" not in owner.describe() and "--api-key ****" in owner.describe()
+        report = procs.stop_processes([psutil.Process(proc.pid)], pgids=[proc.pid], timeout=5)
+        assert [v.pid for v in report.stopped] == [proc.pid]
+        assert "sk-secret123" not in report.stopped[0].command and "--api-key ****" in report.stopped[0].command
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -16,6 +16,7 @@ from conftest import free_port
 from gpuops import profiling, traces
 from gpuops.demo.traces import LAYERS
 from gpuops.errors import RequestFailed, UsageError
+from gpuops.logs import create_run_folder
 from gpuops.profiling import Settler
 
 # ---------------------------------------------------------------- flavours
@@ -155,11 +156,11 @@ def test_wait_for_files_gives_up_at_the_timeout(tmp_path):
     assert 0.3 <= time.monotonic() - t0 < 5
 
 
-def test_new_profile_dir_never_reuses_a_folder(tmp_path):
+def test_a_new_profile_folder_never_reuses_one(tmp_path):
     now = time.mktime((2026, 11, 22, 10, 15, 0, 0, 0, -1))
-    first = profiling.new_profile_dir(tmp_path, now)
-    second = profiling.new_profile_dir(tmp_path, now)
-    third = profiling.new_profile_dir(tmp_path, now)
+    first = create_run_folder(tmp_path, now)
+    second = create_run_folder(tmp_path, now)
+    third = create_run_folder(tmp_path, now)
     assert [p.name for p in (first, second, third)] == ["20261122-101500", "20261122-101500-2", "20261122-101500-3"]
     assert all(p.is_dir() for p in (first, second, third))
 

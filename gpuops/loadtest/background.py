@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,16 +30,11 @@ def start(plan_path: Path, log_path: Path) -> subprocess.Popen:
         log.close()
 
 
-def _terminate(_signum, _frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     from gpuops.errors import GpuopsError
     from gpuops.loadtest import runner
     from gpuops.loadtest.options import LoadTestOptions
 
-    signal.signal(signal.SIGTERM, _terminate)
     plan_path = Path(argv[0])
     plan = json.loads(plan_path.read_text())
     opts_dict = dict(plan["options"])
@@ -56,7 +50,7 @@ def main(argv: list[str]) -> int:
     print(f"detached load test, pid {os.getpid()}", flush=True)
     try:
         results = runner.execute(opts, target, report_dir, log_path, write, run_id=plan.get("run_id"))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # SIGTERM: execute's StopGuard stopped Locust and kept the partial results
         print(f"interrupted: partial results kept in {report_dir}", flush=True)
         return 130
     except GpuopsError as err:

@@ -10,7 +10,6 @@ Bad input fails in prepare(), before any folder or log is made: flags (exit 2), 
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from gpuops.config import RunDir
 from gpuops.loadtest import options, runner
 from gpuops.loadtest.runner import Target, Write
+from gpuops.logs import create_run_folder
 
 
 @dataclass
@@ -39,7 +39,7 @@ def recipe_flags(agents_file: str | Path | None) -> dict:
     from gpuops.recipes import load_recipes
 
     words = list(load_recipes(path).load_test_args or [])
-    return options.parse_flag_words(words, source=f"{path} (## Load test)")
+    return options.parse_flag_words(words, source=f"{path}, '## Load test' block")
 
 
 def prepare(cli: dict, *, agents_file: str | Path | None, run_dir: RunDir) -> Prepared:
@@ -50,7 +50,7 @@ def prepare(cli: dict, *, agents_file: str | Path | None, run_dir: RunDir) -> Pr
     target = runner.preflight(runner.resolve_target(opts, run_dir), opts)
     from gpuops.logs import create_log
 
-    report_dir = runner.claim_out_dir(Path(opts.out)) if opts.out else runner.new_report_dir(run_dir.load_tests)
+    report_dir = runner.claim_out_dir(Path(opts.out)) if opts.out else create_run_folder(run_dir.load_tests)
     log_path = create_log(run_dir.logs, "locust")
     plan_path = runner.write_plan(report_dir, opts, target, log_path)
     return Prepared(opts, target, report_dir, log_path, plan_path)
@@ -66,38 +66,26 @@ def _tee(write: Write, log_path: Path) -> tuple[Write, object]:
     return both, log
 
 
-def _stop_on_sigterm():
-    """`kill PID` of a foreground run stops it like Ctrl-C (Locust stopped, partial results kept), instead
-    of ending this process and leaving Locust, in its own session, running on. Returns the restorer."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread: nothing to install
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(_signum, _frame):
-    raise KeyboardInterrupt
-
-
 def run_foreground(p: Prepared, write: Write) -> None:
-    """Run here, printing progress and the summary (also into the locust log); raise on a bad outcome."""
+    """Run here, printing progress and the summary (also into the locust log); raise on a bad outcome.
+
+    Ctrl-C and `kill PID` alike stop Locust and keep partial results (runner.StopGuard, for the whole
+    run): ending this process at once would leave Locust, in its own session, running on."""
     out, log = _tee(write, p.log_path)
-    restore = _stop_on_sigterm()
     try:
-        try:
-            results = runner.execute(p.opts, p.target, p.report_dir, p.log_path, out)
-        except KeyboardInterrupt:  # a Ctrl-C honoured once the report being written was complete
-            out(f"interrupted: results kept in {p.report_dir}")
-            raise
-        if results and results[-1].status == "interrupted":
-            out(f"interrupted: partial results kept in {p.report_dir}")
-            raise KeyboardInterrupt
-        err = runner.outcome_error(results, p.report_dir, p.log_path)
-        if err is not None:
-            raise err
+        with runner.StopGuard(out) as guard:
+            try:
+                results = runner.execute(p.opts, p.target, p.report_dir, p.log_path, out, guard=guard)
+            except KeyboardInterrupt:  # a Ctrl-C honoured once the report being written was complete
+                out(f"interrupted: results kept in {p.report_dir}")
+                raise
+            if results and results[-1].status == "interrupted":
+                out(f"interrupted: partial results kept in {p.report_dir}")
+                raise KeyboardInterrupt
+            err = runner.outcome_error(results, p.report_dir, p.log_path)
+            if err is not None:
+                raise err
     finally:
-        restore()
         log.close()
 
 

@@ -25,7 +25,8 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ PROGRESS_EVERY_S = 5.0
 POLL_S = 0.2
 GRACE_S = 20.0  # after SIGINT, how long Locust gets to write its reports before it is killed
 PREFLIGHT_TIMEOUT_S = 30.0
+STALL_WINDOW = 500  # the stall limit follows the median wait of this many latest answers
 
 Write = Callable[[str], None]
 
@@ -78,9 +80,9 @@ def resolve_target(opts: LoadTestOptions, run_dir: RunDir) -> Target:
     """--url, else the running server's record (ServerNotRunning, exit 6, when there is none)."""
     if opts.url:
         return Target(url=opts.url, model=opts.model)
-    from gpuops.smoke import find_record  # a crashed server is named, with its last log lines
+    from gpuops import state
 
-    rec = find_record(run_dir, opts.server)
+    rec = state.find_running(run_dir, opts.server)  # a crashed server is named, with its last log lines
     if not rec.url:
         raise UsageError(f"server '{rec.name}' (pid {rec.pid}) has no URL on record",
                          hint="pass --url http://HOST:PORT")
@@ -110,14 +112,8 @@ def preflight(target: Target, opts: LoadTestOptions, timeout: float = PREFLIGHT_
     import requests
 
     url = target.url
-    try:
+    with _answering(url, "GET /v1/models", timeout, ServerNotRunning):
         models = requests.get(f"{url}/v1/models", headers=_headers(False), timeout=timeout)
-    except requests.ConnectionError as err:
-        raise ServerNotRunning(f"nothing answers at {url} ({_connect_reason(err)})",
-                               hint="is the server up? `inv status` shows it; check --url") from None
-    except requests.Timeout:
-        raise ServerNotRunning(f"{url} did not answer GET /v1/models within {timeout:.0f} s",
-                               hint="the server may be overloaded or hung: `inv logs` shows its log") from None
     model = target.model
     served: list[str] = []
     if models.status_code == 200:
@@ -132,15 +128,9 @@ def preflight(target: Target, opts: LoadTestOptions, timeout: float = PREFLIGHT_
     body = request_body(opts.api, model, "Say hi.", max_tokens=2, stream=opts.stream,
                         ignore_eos=target.engine in IGNORE_EOS_ENGINES)
     for attempt in range(3):
-        try:
+        with _answering(f"{url}{path}", "a 2-token request", timeout, RequestFailed):
             resp = requests.post(f"{url}{path}", json=body, headers=_headers(opts.stream), timeout=timeout,
                                  stream=opts.stream)
-        except requests.ConnectionError as err:
-            raise ServerNotRunning(f"nothing answers at {url}{path} ({_connect_reason(err)})",
-                                   hint="is the server up? `inv status` shows it; check --url") from None
-        except requests.Timeout:
-            raise RequestFailed(f"{url}{path} did not answer a 2-token request within {timeout:.0f} s",
-                                hint="the server may be overloaded or hung: `inv logs` shows its log") from None
         if resp.status_code < 500 or attempt == 2:
             break
         time.sleep(0.5)  # a 5xx may be passing: try twice more before refusing to start
@@ -171,6 +161,22 @@ def preflight(target: Target, opts: LoadTestOptions, timeout: float = PREFLIGHT_
     return Target(**{**asdict(target), "model": model})
 
 
+@contextmanager
+def _answering(where: str, what: str, timeout: float, on_timeout: type[GpuopsError]) -> Iterator[None]:
+    """A request to `where` that is refused (ServerNotRunning) or not answered in time (on_timeout),
+    as the error the user can act on."""
+    import requests
+
+    try:
+        yield
+    except requests.ConnectionError as err:
+        raise ServerNotRunning(f"nothing answers at {where} ({_connect_reason(err)})",
+                               hint="is the server up? `inv status` shows it; check --url") from None
+    except requests.Timeout:
+        raise on_timeout(f"{where} did not answer {what} within {timeout:.0f} s",
+                         hint="the server may be overloaded or hung: `inv logs` shows its log") from None
+
+
 def _connect_reason(err) -> str:
     text = str(err)
     if "refused" in text.lower():
@@ -181,20 +187,6 @@ def _connect_reason(err) -> str:
 
 
 # ---------------------------------------------------------------- folders and plans
-
-
-def new_report_dir(root: Path, now: float | None = None) -> Path:
-    """Create `root/YYYYMMDD-HHMMSS` (or -2, -3... in the same second); never an existing folder."""
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
-    n = 1
-    while True:
-        path = root / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
 
 
 def check_out_dir(path: Path) -> None:
@@ -296,11 +288,13 @@ def silence_s(latest: dict[int, dict], now: float, max_extrapolate_s: float = 2.
 
 
 class StopGuard:
-    """Ctrl-C and SIGTERM while a load test runs: the first one stops Locust (KeyboardInterrupt in
-    run_locust); from then on, and while a report is being written, further ones only say so.
+    """Ctrl-C and SIGTERM (`kill PID`) while a load test runs: the first one stops Locust
+    (KeyboardInterrupt in run_locust); from then on, and while Locust is started or a report is being
+    written, further ones only say so. Entered once around the whole run (runner.execute, or its caller).
 
         with StopGuard(write) as guard:
-            guard.phase = "running"    # a signal raises KeyboardInterrupt (and engages the guard)
+            guard.phase = "starting"   # a signal is noted (guard.deferred): no Locust is left half-started
+            guard.start_running()      # a deferred signal is taken now; later ones raise KeyboardInterrupt
             guard.phase = "writing"    # a signal is noted (guard.deferred) and honoured afterwards
     """
 
@@ -325,6 +319,13 @@ class StopGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def start_running(self) -> None:
+        """Locust has started: from now on a signal stops it. One that came while it started stops it now."""
+        self.phase = "running"
+        if self.deferred:
+            self.deferred, self.engaged = False, True
+            raise KeyboardInterrupt
+
     def _handle(self, _signum, _frame) -> None:
         if self.engaged or self.deferred:
             self.write("already stopping: waiting for Locust to exit and the report to be written")
@@ -333,7 +334,8 @@ class StopGuard:
             raise KeyboardInterrupt
         else:
             self.deferred = True
-            self.write("stopping once the report being written is complete")
+            self.write("stopping as soon as Locust has started" if self.phase == "starting"
+                       else "stopping once the report being written is complete")
 
 
 def server_lost(recent: list[dict], min_failures: int) -> bool:
@@ -402,7 +404,8 @@ def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: P
         log.write(f"==> {' '.join(commands[0])}\n".encode())
         log.flush()
         try:
-            guard.phase = "running"
+            # a signal between a fork and procs.append would leave a Locust nobody reaps: defer it
+            guard.phase = "starting"
             for i, cmd in enumerate(commands):
                 worker = 0 if i == 0 else i - 1
                 # own session: a Ctrl-C at the terminal reaches this process only, which then stops
@@ -410,6 +413,7 @@ def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: P
                 procs.append(subprocess.Popen(cmd, cwd=out_dir, env={**base_env, "GPUOPS_LOADTEST_WORKER": str(worker)},
                                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))
+            guard.start_running()
             if opts.web:
                 write(f"Locust's web UI: http://127.0.0.1:{web_port}  (Ctrl-C here ends the test and writes the report)")
             status, reason = _watch(opts, target, out_dir, procs, write, stopped)
@@ -466,7 +470,8 @@ def _watch(opts, target, out_dir, procs, write, stopped: list[float]) -> tuple[s
     tail = RecordTail(out_dir)
     samples = RecordTail(out_dir, "client-w*.jsonl")
     latest: dict[int, dict] = {}  # each load process's newest client sample
-    waits: dict[str, list[float]] = {"ttft": [], "e2el": []}
+    # the latest answers only: re-sorting all of a long run's every poll would cost more and more
+    waits: dict[str, deque[float]] = {k: deque(maxlen=STALL_WINDOW) for k in ("ttft", "e2el")}
     stall_after = metrics.stall_after_s({}, opts.stream)
     progress = Progress()
     min_failures = max(5, min(opts.users, 50))
@@ -485,8 +490,8 @@ def _watch(opts, target, out_dir, procs, write, stopped: list[float]) -> tuple[s
             latest[sample.get("worker", 0)] = sample
         done = [r for r in new if r.get("ok") and not r.get("cancelled")]
         if done:
-            waits["ttft"] += [r["ttft_ms"] for r in done if r.get("ttft_ms") is not None]
-            waits["e2el"] += [r["e2el_ms"] for r in done if r.get("e2el_ms") is not None]
+            waits["ttft"].extend(r["ttft_ms"] for r in done if r.get("ttft_ms") is not None)
+            waits["e2el"].extend(r["e2el_ms"] for r in done if r.get("e2el_ms") is not None)
             stall_after = metrics.stall_after_s(
                 {f"median_{k}_ms": metrics.percentile(sorted(v), 50) if v else None for k, v in waits.items()},
                 opts.stream)
@@ -642,16 +647,17 @@ def write_plan(report_dir: Path, opts: LoadTestOptions, target: Target, log_path
 
 
 def execute(opts: LoadTestOptions, target: Target, report_dir: Path, log_path: Path, write: Write,
-            run_id: str | None = None) -> list[RunResult]:
+            run_id: str | None = None, guard: StopGuard | None = None) -> list[RunResult]:
     """Run the load test (or each sweep level) into report_dir; the results, partial ones included.
 
     A level that loses the server, stalls, is interrupted, or has no request succeed ends a sweep;
     sweep.json is written for the levels run, whatever happens. A Ctrl-C that came while a report
-    was being written is honoured after it: KeyboardInterrupt once everything is on disk."""
+    was being written is honoured after it: KeyboardInterrupt once everything is on disk. `guard`: the
+    caller's StopGuard, already entered (one around its whole run); else execute enters its own."""
     run_id = run_id or uuid.uuid4().hex[:8]
     levels = list(opts.sweep) or [None]
     results: list[RunResult] = []
-    with StopGuard(write) as guard:
+    with nullcontext(guard) if guard is not None else StopGuard(write) as guard:
         try:
             for i, level in enumerate(levels):
                 if guard.deferred:  # a Ctrl-C while the last level's report was written: no next level
@@ -662,7 +668,7 @@ def execute(opts: LoadTestOptions, target: Target, report_dir: Path, log_path: P
                     out_dir = report_dir / f"{i + 1:02d}-{_level_name(opts, level)}"
                     out_dir.mkdir()
                     write(f"=== sweep level {i + 1}/{len(levels)}: {_level_label(opts, level)} ===")
-                write(f"load test of {target.url} ({target.model or 'default model'}): "
+                write(f"load test of {target.url}: "
                       f"{_title(level_opts, target)}, {level_opts.run_time_s} s, {level_opts.workers} load "
                       f"process(es); log {log_path}")
                 run = run_locust(level_opts, target, out_dir, log_path, write, run_id=f"{run_id}{i}", guard=guard)

@@ -1,8 +1,8 @@
-"""The task edge: flag numbers checked into clear usage errors, paths taken from the project."""
+"""Flag numbers checked into clear usage errors (the project-folder rule is tested for real in test_lifecycle)."""
 
 import pytest
 
-from gpuops.edge import number, setting
+from gpuops.checks import number
 from gpuops.errors import UsageError
 
 
@@ -29,32 +29,3 @@ def test_number_keeps_to_its_range():
         number("--port", "70000", whole=True, high=65535)
     with pytest.raises(UsageError, match="--lines must be a whole number at least 0"):
         number("--lines", "-1", whole=True, low_ok=True)
-
-
-class _Config(dict):
-    def __init__(self, gpuops: dict, prefix: str | None):
-        super().__init__()
-        self.gpuops = gpuops
-        self._project_prefix = prefix
-
-
-class _Context:
-    def __init__(self, gpuops: dict, prefix: str | None = None):
-        self.config = _Config(gpuops, prefix)
-
-
-def test_relative_project_paths_from_config_are_the_projects(tmp_path, monkeypatch):
-    (tmp_path / "docs").mkdir()
-    monkeypatch.chdir(tmp_path / "docs")
-    c = _Context({"agents_file": "AGENTS.local.md", "run_dir": "do_not_commit", "hang_timeout": 60},
-                 prefix=str(tmp_path) + "/")
-    assert setting(c, "agents_file") == "../AGENTS.local.md"
-    assert setting(c, "run_dir") == "../do_not_commit"
-    assert setting(c, "agents_file", "mine.md") == "mine.md"  # a flag is relative to where it was typed
-    assert setting(c, "hang_timeout") == 60
-
-
-def test_without_a_tasks_file_paths_are_relative_to_here(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    c = _Context({"agents_file": "AGENTS.local.md"}, prefix=None)  # the `gpuops` command
-    assert setting(c, "agents_file") == "AGENTS.local.md"
