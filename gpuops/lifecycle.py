@@ -555,6 +555,16 @@ def stop_servers(run_dir: RunDir, names: list[str], *, timeout: float = 10.0, wr
                                   what="stopping", note="each server was still tried")
 
 
+def known_server(run_dir: RunDir, name: str, recipe_names: list[str]) -> str:
+    """`name` when gpuops has a record or a recipe of it; else a UsageError naming the known ones."""
+    recorded = [r.name for r in state.all_records(run_dir)]
+    if name in recorded or name in recipe_names:
+        return name
+    known = ", ".join(dict.fromkeys(recipe_names + recorded)) or "none"
+    raise UsageError(f"no server named '{name}': no recipe in AGENTS.local.md and no record in {run_dir.state}",
+                     hint=f"known servers: {known}")
+
+
 def only_running_server(run_dir: RunDir, recipe_error: GpuopsError, *, write: Write = print) -> str:
     """With AGENTS.local.md missing or broken, the one running server gpuops has a record of;
     otherwise the recipe error (with several running, naming them)."""

@@ -208,7 +208,7 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
     if all:
         names = [r.name for r in state.all_records(rd)]
     elif setting(c, "server", server):
-        names = [_known_server(c, rd, setting(c, "server", server), agents_file)]
+        names = [lifecycle.known_server(rd, setting(c, "server", server), _recipe_names(c, agents_file))]
     else:
         from gpuops.errors import RecipeError
 
@@ -220,22 +220,15 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
                            after_stop=lambda stopped: _verify_gpus_released(c, stopped))
 
 
-def _known_server(c, rd, name: str, agents_file=None) -> str:
-    """`name` when gpuops has a record or a recipe of it; else a usage error naming the known ones."""
-    from gpuops import state
-    from gpuops.errors import RecipeError, UsageError
+def _recipe_names(c, agents_file=None) -> list[str]:
+    """The server recipes' names, or none when AGENTS.local.md is missing or broken."""
+    from gpuops.errors import RecipeError
     from gpuops.recipes import load_recipes
 
-    recorded = [r.name for r in state.all_records(rd)]
     try:
-        recipes = list(load_recipes(_agents_file(c, agents_file)).servers)
+        return list(load_recipes(_agents_file(c, agents_file)).servers)
     except RecipeError:
-        recipes = []
-    if name in recorded or name in recipes:
-        return name
-    known = ", ".join(dict.fromkeys(recipes + recorded)) or "none"
-    raise UsageError(f"no server named '{name}': no recipe in AGENTS.local.md and no record in {rd.state}",
-                     hint=f"known servers: {known}")
+        return []
 
 
 def _verify_gpus_released(c, stopped) -> None:
@@ -449,9 +442,10 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
     settle = number("--settle-timeout", setting(c, "profile_settle_timeout", settle_timeout))
     rows = number("--top", top if top is not None else 10, whole=True)
     quiet = number("gpuops.profile_quiet_seconds", setting(c, "profile_quiet_seconds"))
-    target = sm.find_target(run_dir(c), url=url, server=setting(c, "server", server), engine=engine)
+    rd = run_dir(c)
+    target = sm.find_target(rd, url=url, server=setting(c, "server", server), engine=engine)
     flavour = profiling.flavour_of(target.engine)  # no endpoint: say what to use, before making folders
-    out = Path(dir) if dir else create_run_folder(run_dir(c).profiles)
+    out = Path(dir) if dir else create_run_folder(rd.profiles)
     rec = target.record
     server_dir = None
     if flavour == "vllm":  # vLLM writes into its own folder: read it from the server process
@@ -461,7 +455,7 @@ def profile(c, num_steps=None, with_stack=False, dir=None, load=False, url=None,
         result = profiling.capture(target.url, target.engine, out_dir=out, num_steps=steps, with_stack=with_stack,
                                    load=load, duration=seconds, settle_timeout=settle, write=_out,
                                    server_dir=server_dir, quiet=quiet, log_shown=bool(target.log_path),
-                                   suggest_dir=(run_dir(c).root / "vllm_traces").absolute())
+                                   suggest_dir=(rd.root / "vllm_traces").absolute())
     except RequestFailed as err:
         raise sm.with_server_log(err, target) from None
     finally:
