@@ -1,1 +1,1 @@
-from gpuops.tasks import ns  # noqa: F401  (Invoke finds the collection here)
+from gpuops.cli import ns  # noqa: F401  (Invoke finds the collection here)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from rich.console import Console  # noqa: E402
 
-from gpuops import gpus  # noqa: E402
+from gpuops.gpu import inventory as gpus  # noqa: E402
 
 SMI_QUERIES = [
     ["--query-gpu=index,name,uuid,memory.used,memory.total,utilization.gpu", "--format=csv,noheader,nounits"],

@@ -24,11 +24,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from gpuops import procs  # noqa: E402
-from gpuops.engines import ENGINES  # noqa: E402
-from gpuops.lifecycle import stop_record  # noqa: E402
-from gpuops.state import StateRecord  # noqa: E402
-from gpuops.watch import wait_until_ready  # noqa: E402
+from gpuops.server import procs  # noqa: E402
+from gpuops.server.engines import ENGINES  # noqa: E402
+from gpuops.server.lifecycle import stop_record  # noqa: E402
+from gpuops.server.state import StateRecord  # noqa: E402
+from gpuops.server.watch import wait_until_ready  # noqa: E402
 
 
 def free_port() -> int:

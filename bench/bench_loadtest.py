@@ -163,7 +163,7 @@ def run_gpuops(url: str, users: int, workers: int, args, work: Path) -> dict:
     done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=args.run_time + 120)
     if done.returncode != 0:
         raise RuntimeError(f"gpuops load-test failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    from gpuops.loadtest import metrics
+    from gpuops.probes.loadtest import metrics
 
     records = [r for r in metrics.read_records(out / "records.jsonl") if r["ok"]]
     summary = json.loads((out / "summary.json").read_text())

@@ -1,0 +1,55 @@
+"""Where a task's words go: people read stdout; with --json, stdout holds one JSON document.
+
+    out = Output(json=False)
+    out.say("server ready")              # stdout for people; stderr when --json
+    out.result("status", {"servers": []})  # with --json: {"schema": 1, "task": "status", "ok": true, ...}
+
+The document is also the wire format between a laptop and a remote gpuops; docs/json.md describes
+each task's fields. Keep `SCHEMA` at 1 while changes only add fields.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import sys
+from typing import Any, TextIO
+
+SCHEMA = 1
+
+
+def document(task: str, data: dict[str, Any], *, ok: bool = True) -> dict[str, Any]:
+    """The JSON document of one task run.
+
+    >>> document("status", {"servers": []})
+    {'schema': 1, 'task': 'status', 'ok': True, 'servers': []}
+    """
+    return {"schema": SCHEMA, "task": task, "ok": ok, **data}
+
+
+def error_document(task: str, err) -> dict[str, Any]:
+    """A GpuopsError as the JSON document a --json run prints on stdout (same exit code as without)."""
+    return document(task, {"error": {"type": type(err).__name__, "message": err.message, "hint": err.hint,
+                                     "details": list(err.details), "exit_code": err.exit_code}}, ok=False)
+
+
+class Output:
+    """A task's output: lines for people, and the result document when --json is on."""
+
+    def __init__(self, json: bool = False, *, stdout: TextIO | None = None, stderr: TextIO | None = None):
+        self.json = bool(json)
+        self._stdout = stdout
+        self._stderr = stderr
+
+    @property
+    def human(self) -> TextIO:
+        """The stream for human text: stdout normally, stderr under --json."""
+        return (self._stderr or sys.stderr) if self.json else (self._stdout or sys.stdout)
+
+    def say(self, line: str) -> None:
+        print(line, file=self.human, flush=True)
+
+    def result(self, task: str, data: dict[str, Any], *, ok: bool = True) -> None:
+        """With --json, the one document on stdout; without, nothing (the renderer has spoken)."""
+        if self.json:
+            print(_json.dumps(document(task, data, ok=ok), indent=2, default=str),
+                  file=self._stdout or sys.stdout, flush=True)

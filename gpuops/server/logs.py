@@ -1,0 +1,192 @@
+"""Run logs: timestamped, never overwritten, listed newest last, tailed and followed.
+
+    >>> path = create_log(RunDir("do_not_commit").logs, "server")
+    >>> path.name
+    'server-20261122-101500.log'        # a second one in the same second: server-20261122-101500-2.log
+    >>> tail_lines(path, 3)
+    ['INFO:     Waiting for application startup.', 'INFO:     Application startup complete.', ...]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+LOG_TAIL_LINES = 20  # how many of a server's last log lines come with an error about it
+LOG_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?\.log$")
+
+
+def shown(path: str | Path) -> str:
+    """A path as the user reads it: relative when it is under the current folder, else absolute."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(p)
+
+
+def create_run_folder(parent: Path, now: float | None = None) -> Path:
+    """Create `parent/YYYYMMDD-HHMMSS` (then -2, -3, ... in the same second): a profile or load-test
+    report never lands in an earlier one's folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
+    n = 1
+    while True:
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def create_log(folder: Path, prefix: str, now: float | None = None) -> Path:
+    """Create `<prefix>-YYYYMMDD-HHMMSS.log` exclusively (O_EXCL): an existing log is never reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
+    n = 1
+    while True:
+        name = f"{prefix}-{stamp}.log" if n == 1 else f"{prefix}-{stamp}-{n}.log"
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            n += 1
+            continue
+        os.close(fd)
+        return path
+
+
+def _sort_key(path: Path) -> tuple:
+    m = LOG_NAME.match(path.name)
+    if not m:
+        return ("", 0, path.name)
+    return (m["stamp"], int(m["n"] or 1), path.name)
+
+
+def list_logs(folder: Path, prefix: str | None = None) -> list[Path]:
+    """Logs in `folder`, oldest first (so the newest is last), optionally of one prefix."""
+    if not folder.is_dir():
+        return []
+    logs = []
+    for p in folder.glob("*.log"):
+        m = LOG_NAME.match(p.name)
+        if m and (prefix is None or m["prefix"] == prefix):
+            logs.append(p)
+    return sorted(logs, key=_sort_key)
+
+
+def tail_lines(path: str | Path, n: int = 50) -> list[str]:
+    """The last n lines of a file (without newlines); [] if it does not exist."""
+    if n <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            block, data = 64 * 1024, b""
+            pos = size
+            while pos > 0 and data.count(b"\n") <= n:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except (FileNotFoundError, IsADirectoryError):
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return list(deque(lines, maxlen=n))
+
+
+_LINE_END = re.compile(rb"\r\n|\n")
+
+
+def _as_shown(raw: bytes) -> str:
+    """What a terminal shows of a line: a progress bar redrawn with `\r` leaves only its last state."""
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    return text.rsplit("\r", 1)[-1]
+
+
+class LogReader:
+    """Reads whole new lines appended to a log since the last call (a partial last line waits).
+
+    >>> r = LogReader(path); r.read_lines()
+    ['INFO:     Started server process [4242]']
+
+    Progress bars (tqdm, model downloads) redraw one line with `\r` and end it with `\n` only
+    when done: `grew` tells that bytes arrived even when no whole line did, and `progress()` is the
+    bar's current state.
+    """
+
+    def __init__(self, path: str | Path, start_at_end: bool = False, offset: int = 0):
+        self.path = Path(path)
+        self._f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._f.seek(0, os.SEEK_END) if start_at_end else self._f.seek(offset)
+        self._partial = b""
+        self.grew = False  # whether the last read_lines() found any new bytes
+
+    def read_lines(self) -> list[str]:
+        chunk = self._f.read()
+        self.grew = bool(chunk)
+        if not chunk:
+            return []
+        data = self._partial + chunk
+        *whole, self._partial = _LINE_END.split(data)
+        return [_as_shown(line) for line in whole]
+
+    def progress(self) -> str:
+        """The latest `\r`-redraw of the unterminated line ('' when it is no progress bar)."""
+        if b"\r" not in self._partial:
+            return ""
+        return _as_shown(self._partial.rstrip(b"\r"))
+
+    def flush_partial(self) -> list[str]:
+        """The unterminated last line, if any (at the end of a process's life)."""
+        rest, self._partial = self._partial, b""
+        return [rest.decode("utf-8", "replace")] if rest else []
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def follow(path: str | Path, write: Callable[[str], None], *, from_lines: int = 0,
+           should_stop: Callable[[], bool] = lambda: False, poll: float = 0.1) -> None:
+    """`tail -f`: print the last `from_lines` lines, then new lines until should_stop() or Ctrl-C."""
+    for line in tail_lines(path, from_lines):
+        write(line)
+    with LogReader(path, start_at_end=True) as reader:
+        while not should_stop():
+            lines = reader.read_lines()
+            for line in lines:
+                write(line)
+            if not lines:
+                time.sleep(poll)
+
+
+def add_log_tail(err, log_path: str | Path | None, n: int = LOG_TAIL_LINES):
+    """Append the server's last log lines (and the likely cause, when one is recognised) to an error."""
+    if not log_path:
+        return err
+    from gpuops.server.engines import diagnose
+
+    lines = tail_lines(log_path, n)
+    if not lines:
+        err.details.append(f"(the server log {log_path} is empty or missing)")
+        return err
+    found = diagnose(lines)
+    if found:
+        err.details.append(f"likely cause: {found.kind}: {found.line}")
+        if found.hint and not err.hint:
+            err.hint = found.hint
+    err.details.append(f"last {len(lines)} lines of {log_path}:")
+    err.details += [f"  {line}" for line in lines]
+    return err
