@@ -26,8 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from gpuops.server import procs  # noqa: E402
 from gpuops.server.engines import ENGINES  # noqa: E402
-from gpuops.server.lifecycle import stop_record  # noqa: E402
 from gpuops.server.state import StateRecord  # noqa: E402
+from gpuops.server.stop import stop_record  # noqa: E402
 from gpuops.server.watch import wait_until_ready  # noqa: E402
 
 

@@ -1,6 +1,7 @@
 """A stand-in server for bench/: it records the exact moments gpuops must react to.
 
     python bench/fake_server.py PORT LOAD_SECONDS MARK_FILE
+    python bench/fake_server.py --port PORT LOAD_SECONDS MARK_FILE   # as a recipe: gpuops reads --port
 
 Loads (prints progress) for LOAD_SECONDS, binds PORT, prints uvicorn's ready line, and writes the
 time.time() of that line to MARK_FILE.ready. On SIGTERM it lingers 0.1-0.4 s (like a server
@@ -14,7 +15,8 @@ import sys
 import threading
 import time
 
-port, load, mark = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+args = [a for a in sys.argv[1:] if a != "--port"]
+port, load, mark = int(args[0]), float(args[1]), args[2]
 
 for i in range(10):
     print(f"Loading safetensors checkpoint shards: {i * 10}% Completed", flush=True)

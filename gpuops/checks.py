@@ -3,7 +3,8 @@
     >>> number("--hang-timeout", "2.5"), number("--port", "8000", whole=True, high=65535)
     (2.5, 8000)
     >>> number("--lines", "-1", whole=True, low_ok=True)
-    UsageError: --lines must be a whole number at least 0, not '-1'
+    Traceback (most recent call last):
+    gpuops.errors.UsageError: --lines must be a whole number at least 0, not '-1'
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def number(flag: str, value, *, whole: bool = False, low: float = 0, high: float
         if not (got >= low if low_ok else got > low) or got == float("inf") or (high is not None and got > high):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"{flag} must be {kind} {bound}, not {value!r}",
-                         hint=f"e.g. {flag} {10 if whole else 30}") from None
+        example = 10 if whole else 30
+        if flag.startswith("gpuops."):  # from invoke.yaml or INVOKE_GPUOPS_*
+            key = flag.split(".", 1)[1]
+            hint = f"e.g. `{key}: {example}` under `gpuops:` in invoke.yaml, or INVOKE_GPUOPS_{key.upper()}={example}"
+        else:
+            hint = f"e.g. {flag} {example}"
+        raise UsageError(f"{flag} must be {kind} {bound}, not {value!r}", hint=hint) from None
     return int(got) if whole else got

@@ -32,6 +32,7 @@ class Setting:
     check: Callable[[str, Any], Any] | None = None  # (name shown in errors, raw value) -> checked value
     flags: dict[str, str] = field(default_factory=dict)  # task name -> flag name (without --)
     show_default: bool = True  # append "(default X)" to the help
+    shown: Any = None  # the default the help shows when `default` is None ("not set": a lower layer decides)
 
 
 # --- checks: (name, raw value) -> value, or UsageError naming the flag or config key ---
@@ -79,19 +80,36 @@ def table(name: str, value):
     return value
 
 
+def loadtest(key: str) -> Callable[[str, Any], Any]:
+    """The check of a load-test option: the load-test's own rules (`off`, durations, URLs), imported when used."""
+
+    def check_value(name: str, value):
+        from gpuops.probes.loadtest.options import check_value as load_check
+
+        return load_check(key, value, source=name)
+
+    return check_value
+
+
 _SERVER_TASKS = ("start-server", "stop-server", "smoke", "profile", "load-test")
-_ENGINES = "demo, vllm, sglang, llama.cpp, comfyui, mlx_lm, uvicorn, generic"
+_ENGINES = "demo, vllm, sglang, llama.cpp, comfyui, mlx_lm, uvicorn, generic; smoke also openai"
 
 _ROWS = (
     # --- where things are ---
     Setting("agents_file", "AGENTS.local.md", "Path of the file holding the commands.", text,
             {t: "agents-file" for t in ("start-server", "stop-server", "smoke", "load-test")}),
+    Setting("project_dir", None, "The project folder: relative agents_file and run_dir are taken from there. "
+            "A project's tasks.py sets it (`ns = project_tasks(__file__)`); unset for the gpuops command.", text),
     Setting("run_dir", "do_not_commit", "Folder for logs, state, profiles and load-test reports (git-ignored).", text),
     Setting("server", None, "Which server recipe of AGENTS.local.md (default: see docs/configuration.md, "
             "'Which server').", text, {t: "server" for t in _SERVER_TASKS}, show_default=False),
     Setting("json", False, "Print one JSON document on stdout (schema in docs/json.md); human text goes to stderr.",
             flag, {t: "json" for t in ("start-server", "stop-server", "status", "logs", "gpus", "smoke", "profile",
                                         "load-test")}, show_default=False),
+    Setting("url", None, "Talk to this server (http://HOST:PORT) instead of the running one gpuops started.",
+            text, {t: "url" for t in ("smoke", "profile", "load-test")}, show_default=False),
+    Setting("model", None, "Model name to send (default: the first id of GET /v1/models).", text,
+            {t: "model" for t in ("smoke", "load-test")}, show_default=False),
     # --- start and stop ---
     Setting("restart", False, "Stop the running server first, then start it again.", flag,
             {"start-server": "restart"}, show_default=False),
@@ -99,8 +117,8 @@ _ROWS = (
             {"start-server": "follow"}, show_default=False),
     Setting("smoke", True, "Send one real request once ready and show the answer; --no-smoke skips it.", flag,
             {"start-server": "smoke"}, show_default=False),
-    Setting("smoke_preset", "blue_sky", "Which smoke preset the automatic smoke test uses.", text,
-            {"start-server": "smoke-preset"}),
+    Setting("smoke_preset", "blue_sky", "Which smoke preset to send (presets live in gpuops.smoke_presets and "
+            "AGENTS.local.md).", text, {"start-server": "smoke-preset", "smoke": "preset"}),
     Setting("hang_timeout", 60.0, "Seconds without new log output, while not ready, before the start counts as hung.",
             seconds, {"start-server": "hang-timeout"}),
     Setting("start_timeout", 1800.0, "Overall seconds the server may take to become ready.", seconds,
@@ -116,6 +134,10 @@ _ROWS = (
             "the memory is free.", flag, {"start-server": "kill-gpu-procs"}, show_default=False),
     Setting("yes", False, "Do not ask for confirmation before terminating processes.", flag,
             {"start-server": "yes"}, show_default=False),
+    Setting("stop_port", None, "Instead, stop every process listening on this port, with its process group "
+            "(orphans of earlier runs).", port, {"stop-server": "port"}),
+    Setting("stop_all", False, "Stop every server gpuops has a record of.", flag, {"stop-server": "all"},
+            show_default=False),
     # --- GPUs ---
     Setting("gpu_busy_mib", 300, "A GPU on which other processes use more than this many MiB is busy.", mib,
             {"gpus": "busy-mib"}),
@@ -123,6 +145,13 @@ _ROWS = (
             seconds),
     # --- logs ---
     Setting("log_lines", 50, "How many of the last lines to show.", whole_or_zero, {"logs": "lines"}),
+    Setting("log_name", None, "A log file name or path (default: the newest log).", text, {"logs": "name"}),
+    Setting("log_prefix", None, "Only logs of this kind: a server name (e.g. server) or locust.", text,
+            {"logs": "prefix"}),
+    Setting("log_follow", False, "Keep printing new lines as they are written (Ctrl-C to stop).", flag,
+            {"logs": "follow"}, show_default=False),
+    Setting("log_list", False, "List the logs, newest last, instead of showing one.", flag, {"logs": "list"},
+            show_default=False),
     # --- smoke ---
     Setting("smoke_presets", {
         "blue_sky": {"prompt": "Why is the sky blue?", "max_tokens": 64},
@@ -130,7 +159,13 @@ _ROWS = (
     }, "Prompt presets for smoke tests (AGENTS.local.md's 'Smoke presets' block is laid over them).", table),
     Setting("smoke_timeout", 60.0, "Seconds one smoke request may take, model lookup included.", seconds,
             {"smoke": "timeout"}),
-    Setting("smoke_chat", False, "Smoke tests use /v1/chat/completions (--chat / --completion override it).", flag),
+    Setting("smoke_prompt", None, "Send this prompt instead of the preset's.", text, {"smoke": "prompt"}),
+    Setting("smoke_max_tokens", None, "How many tokens to ask for (default: the preset's, else 64).", None,
+            {"smoke": "max-tokens"}, show_default=False),
+    Setting("smoke_stream", True, "Stream the answer and measure time to first token (default); --no-stream asks "
+            "for it whole.", flag, {"smoke": "stream"}, show_default=False),
+    Setting("smoke_chat", False, "Smoke tests use /v1/chat/completions (--chat / --completion override it).", flag,
+            {"smoke": "chat"}),
     # --- profile ---
     Setting("profile_num_steps", 25, "How many steps to record (10 suits decode-only servers).", whole,
             {"profile": "num-steps"}),
@@ -138,14 +173,77 @@ _ROWS = (
             seconds, {"profile": "settle-timeout"}),
     Setting("profile_quiet_seconds", 5.0, "Trace sizes unchanged this long count as written (per-worker files can "
             "start seconds apart).", seconds),
+    Setting("profile_with_stack", False, "Record Python stacks too (bigger traces, more overhead).", flag,
+            {"profile": "with-stack"}, show_default=False),
+    Setting("profile_dir", None, "Folder for the trace files (default: do_not_commit/profiles/<timestamp>/, never "
+            "reused).", text, {"profile": "dir"}),
+    Setting("profile_load", False, "Drive a short background load (4 streaming requests) during the capture so "
+            "decode steps exist.", flag, {"profile": "load"}, show_default=False),
+    Setting("profile_duration", None, "vLLM (and SGLang): record for this many seconds instead of counting steps.",
+            seconds, {"profile": "duration"}),
     Setting("profile_top", 10, "How many kernels and operators the summary lists.", whole, {"profile": "top"}),
+    # --- load test ---
+    # config default None = "not set": AGENTS.local.md's '## Load test' block sits below invoke.yaml / env, so
+    # only a value set there may hide the block's; gpuops.probes.loadtest.options applies `shown` after the block
+    Setting("load_users", None, "Concurrent users, each sending its next request when the last one finished. "
+            "With --qps: the cap on requests in flight (default 64 there; the '## Load test' block's or config's "
+            "--users applies only if the same place also gives --qps).", loadtest("users"),
+            {"load-test": "users"}, shown=4),
+    Setting("load_spawn_rate", None, "Users started per second (default: all at once; with --qps, like --users).",
+            loadtest("spawn_rate"), {"load-test": "spawn-rate"}),
+    Setting("load_run_time", None, "How long to send load: 30s, 90, 2m, 1m30s, 1h. Requests in flight then get "
+            "up to 30 s to finish.", loadtest("run_time"), {"load-test": "run-time"}, shown="30s"),
+    Setting("load_prompt_tokens", None, "Prompt length in words, about one token each; reported from the "
+            "server's usage.", loadtest("prompt_tokens"), {"load-test": "prompt-tokens"}, shown=128),
+    Setting("load_max_tokens", None, "Tokens to generate per request (vLLM, SGLang, llama.cpp and the demo get "
+            "ignore_eos).", loadtest("max_tokens"), {"load-test": "max-tokens"}, shown=64),
+    Setting("load_stream", None, "Stream answers and measure TTFT, ITL and TPOT (the default; "
+            "gpuops.load_stream: false is --no-stream).", loadtest("stream"), {"load-test": "stream"}, shown=True),
+    Setting("load_chat", None, "Use /v1/chat/completions (gpuops.load_chat: true; the default is "
+            "/v1/completions).", loadtest("chat"), {"load-test": "chat"}, shown=False),
+    Setting("load_qps", None, "Open loop: send this many requests per second on a fixed schedule instead of a "
+            "fixed concurrency; 'off' turns off a --qps from the '## Load test' block.", loadtest("qps"),
+            {"load-test": "qps"}),
+    Setting("load_arrival", None, "With --qps: poisson (like real traffic) or constant spacing.",
+            loadtest("arrival"), {"load-test": "arrival"}, shown="poisson"),
+    Setting("load_seed", None, "Seed for the prompt text and the --qps schedule. Salts stay unique per run.",
+            loadtest("seed"), {"load-test": "seed"}, shown=0),
+    Setting("load_workers", None, "Load-generating processes. Above 1: a Locust master plus N workers, to use "
+            "more cores.", loadtest("workers"), {"load-test": "workers"}, shown=1),
+    Setting("load_sweep", None, "Run one test per level and chart them: user counts (1,2,4,8) or, with --qps, "
+            "rates (0.5,1,2); 'off' turns off the block's --sweep.", loadtest("sweep"), {"load-test": "sweep"}),
+    Setting("load_detach", None, "Run in the background with its own log (do_not_commit/server_logs/locust-*.log), "
+            "follow it here; Ctrl-C stops following, not the test. With --json: print the run's folder and log "
+            "and return at once.", loadtest("detach"), {"load-test": "detach"}, shown=False),
+    Setting("load_web", None, "Open Locust's own web UI (http://127.0.0.1:PORT) instead of a headless run; "
+            "Ctrl-C here ends it (not with --json).", loadtest("web"), {"load-test": "web"}, shown=False),
+    Setting("load_shared_prefix", None, "Send the same prompt every time (measures a warm prefix cache); "
+            "default: salted per request.", loadtest("shared_prefix"), {"load-test": "shared-prefix"},
+            shown=False),
+    Setting("load_slo_ttft_ms", None, "Goodput: a request counts as good only with TTFT at most this many ms "
+            "('off' or 0: none).", loadtest("slo_ttft_ms"), {"load-test": "slo-ttft-ms"}),
+    Setting("load_slo_tpot_ms", None, "Goodput: a request counts as good only with TPOT at most this many ms "
+            "('off' or 0: none).", loadtest("slo_tpot_ms"), {"load-test": "slo-tpot-ms"}),
+    Setting("load_slo_e2el_ms", None, "Goodput: a request counts as good only with end-to-end latency at most "
+            "this many ms ('off' or 0: none).", loadtest("slo_e2el_ms"), {"load-test": "slo-e2el-ms"}),
+    Setting("load_request_timeout", None, "Seconds a request may wait for its next bytes before it fails.",
+            loadtest("request_timeout"), {"load-test": "request-timeout"}, shown=300),
+    Setting("load_out", None, "Write the report into this new (or empty) folder instead of "
+            "do_not_commit/load_tests/<timestamp>/.", loadtest("out"), {"load-test": "out"}),
 )
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in _ROWS}
 
 
+def config_defaults() -> dict:
+    """Invoke's `gpuops` config defaults: every key, all None ("not set"; the table's default applies).
+    Typed defaults would make Invoke cast INVOKE_GPUOPS_* text to them: "false" -> True, "abc" -> a crash."""
+    # a mapping stays a mapping ({}): Invoke refuses to merge invoke.yaml's dict over a None
+    return {key: {} if isinstance(s.default, dict) else None for key, s in SETTINGS.items()}
+
+
 def defaults() -> dict:
-    """Invoke's `gpuops` config defaults."""
+    """The built-in default of every setting."""
     import copy
 
     return {key: copy.deepcopy(s.default) for key, s in SETTINGS.items()}
@@ -158,9 +256,10 @@ def _shown(value) -> str:
 
 
 def help_text(s: Setting) -> str:
-    if not s.show_default or s.default is None or isinstance(s.default, (dict, bool)):
+    default = s.default if s.shown is None else s.shown
+    if not s.show_default or default is None or isinstance(default, (dict, bool)):
         return s.help
-    return f"{s.help.rstrip('.')} (default {_shown(s.default)})."
+    return f"{s.help.rstrip('.')} (default {_shown(default)})."
 
 
 def help_for(task: str, **extra: str) -> dict[str, str]:
@@ -179,3 +278,22 @@ def check(key: str, value, *, flag: str | None = None):
 
 
 DEFAULTS = defaults()
+
+
+def markdown_table() -> str:
+    """The settings as docs/configuration.md shows them (a test keeps the two the same)."""
+    lines = ["| key | default | flags | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS.values():
+        shown = s.shown if getattr(s, "shown", None) is not None else s.default
+        if shown is None:
+            default = "—"
+        elif isinstance(shown, dict):
+            default = "see below"
+        else:
+            default = f"`{str(shown).lower() if isinstance(shown, bool) else _shown(shown)}`"
+        by_flag: dict[str, list[str]] = {}
+        for task, name in s.flags.items():
+            by_flag.setdefault(name, []).append(task)
+        flags = "; ".join(f"`--{name}` ({', '.join(tasks)})" for name, tasks in by_flag.items()) or "—"
+        lines.append(f"| `{s.key}` | {default} | {flags} | {s.help} |")
+    return "\n".join(lines)

@@ -9,21 +9,35 @@
     banner.py    the ready banner
     program.py   the `gpuops` console script (same collection as `inv`)
 
-    from gpuops.cli import ns        # what tasks.py hands to Invoke
+    # tasks.py at the root of a project: settings' relative paths are that folder's
+    from gpuops.cli import project_tasks
+    ns = project_tasks(__file__)
 """
 
 from __future__ import annotations
 
+import os
+
 from invoke import Collection
 
 from gpuops.cli import gpu, loadtest, probes, server
-from gpuops.settings import DEFAULTS
+from gpuops.settings import config_defaults
 
 ns = Collection()
 for _module in (server, gpu, probes, loadtest):
     for _task in Collection.from_module(_module).tasks.values():
         ns.add_task(_task)
-ns.configure({"gpuops": DEFAULTS})
+ns.configure({"gpuops": config_defaults()})
+
+
+def project_tasks(tasks_file: str) -> Collection:
+    """The task collection for the project whose tasks.py is `tasks_file`: a relative AGENTS.local.md or
+    run folder in the settings means that folder's, from whichever subfolder `inv` runs."""
+    project = Collection()
+    for task in ns.tasks.values():
+        project.add_task(task)
+    project.configure({"gpuops": {**config_defaults(), "project_dir": os.path.dirname(os.path.abspath(tasks_file))}})
+    return project
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The start-up banner: one block that says where the server is and how it started.
 
-    >>> for line in ready_banner(record, outcome, gpu_lines=["GPU 0: NVIDIA H100 80GB HBM3, 81559 MiB"]):
-    ...     print(line)
+    for line in ready_banner(record, outcome, gpu_lines=["GPU 0: NVIDIA H100 80GB HBM3, 81559 MiB"]):
+        print(line)
     ==== gpuops: 'server' is ready (demo) ====
       time       2026-11-22 10:15:03
       url        http://127.0.0.1:8000   (listening on 127.0.0.1:8000)
@@ -15,10 +15,13 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from gpuops.server.logs import shown
 from gpuops.server.state import StateRecord, command_for
-from gpuops.server.watch import Outcome
+
+if TYPE_CHECKING:
+    from gpuops.server.watch import Outcome
 
 
 def ready_banner(record: StateRecord, outcome: Outcome | None, *, gpu_lines: list[str] = (),

@@ -29,7 +29,11 @@ def _json_wanted(args, kwargs) -> bool:
     if kwargs.get("json"):
         return True
     try:
-        return bool(args and args[0].config.gpuops.get("json")) and kwargs.get("json") is None
+        from gpuops.settings import check
+
+        return bool(args and check("json", args[0].config.gpuops.get("json")))  # invoke.yaml or the env
+    except GpuopsError:
+        return False
     except AttributeError:
         return False
 
@@ -61,6 +65,10 @@ def edge(fn):
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr, flush=True)
             raise Exit(code=EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # `inv status | head -1`: the reader left; nothing more to say to it
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+            raise Exit(code=0) from None
         except Exit:
             raise
         except Exception as err:  # a bug in gpuops: say so plainly, traceback only on request

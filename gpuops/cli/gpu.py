@@ -1,25 +1,18 @@
 """GPU tasks: gpus.
 
-    inv gpus [--json]
+    inv gpus [--busy-mib 300] [--json]
 """
 
 from __future__ import annotations
 
-import sys
-
 from invoke import task
 
-from gpuops.checks import number
 from gpuops.cli.edge import edge
-from gpuops.cli.project import setting
+from gpuops.cli.project import output, resolved
+from gpuops.settings import help_for
 
 
-@task(
-    help={
-        "json": "Print machine-readable JSON instead of a table (n/a figures are null).",
-        "busy-mib": "Mark GPUs on which processes use more than this many MiB as busy (default 300).",
-    }
-)
+@task(auto_shortflags=False, help=help_for("gpus"))
 @edge
 def gpus(c, json=False, busy_mib=None):  # noqa: A002
     """Each GPU's memory and utilisation, with the processes on it (PID, user, memory, command).
@@ -27,17 +20,17 @@ def gpus(c, json=False, busy_mib=None):  # noqa: A002
     inv gpus
     inv gpus --json | jq '.gpus[].processes[].pid'
     """
-    from gpuops.gpu import inventory as gpuinfo
+    from gpuops.gpu import render
+    from gpuops.gpu.inventory import inventory
 
-    busy = number("--busy-mib", setting(c, "gpu_busy_mib", busy_mib), low_ok=True)
-    inv = gpuinfo.inventory()
-    if json:
-        import json as _json
-
-        print(_json.dumps(gpuinfo.to_json(inv), indent=2), flush=True)
+    out = output(c, json)
+    busy = resolved(c, "gpu_busy_mib", busy_mib, "--busy-mib")
+    inv = inventory()
+    if out.json:
+        out.result("gpus", render.to_json(inv, busy_mib=busy))
         if inv.unavailable:
-            print(f"no NVIDIA GPU visible: {inv.unavailable}", file=sys.stderr, flush=True)
+            out.say(f"no NVIDIA GPU visible: {inv.unavailable}")
         return
     from rich.console import Console
 
-    gpuinfo.render_table(inv, Console(), busy_mib=busy)
+    render.render_table(inv, Console(file=out.human), busy_mib=busy)

@@ -48,6 +48,18 @@ class Output:
     def say(self, line: str) -> None:
         print(line, file=self.human, flush=True)
 
+    def fail(self, task: str, data: dict[str, Any], err) -> None:
+        """A task that has a result to report and failed anyway (a failed smoke test, a server not stopped,
+        a load test where no request succeeded): raises `err` for the edge; under --json one document
+        carries both the result and the error, with the error's exit code."""
+        if not self.json:
+            raise err
+        from invoke.exceptions import Exit
+
+        print(f"error: {err.render()}", file=self._stderr or sys.stderr, flush=True)
+        self.result(task, {**data, "error": error_document(task, err)["error"]}, ok=False)
+        raise Exit(code=err.exit_code)
+
     def result(self, task: str, data: dict[str, Any], *, ok: bool = True) -> None:
         """With --json, the one document on stdout; without, nothing (the renderer has spoken)."""
         if self.json:

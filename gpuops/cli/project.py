@@ -22,7 +22,7 @@ def setting(c, key: str, value=None):
     """
     if value is not None:
         return value
-    got = c.config.gpuops.get(key)
+    got = configured(c, key)
     if key in PROJECT_PATHS and got:
         root = project_root(c)
         if root is not None and not os.path.isabs(os.path.expanduser(got)):
@@ -30,9 +30,50 @@ def setting(c, key: str, value=None):
     return got
 
 
+def configured(c, key: str):
+    """The setting from Invoke's config, checked (an error names `gpuops.<key>`), else the table's default.
+
+    Invoke's `gpuops` defaults are all None (gpuops.settings.config_defaults): Invoke casts an
+    INVOKE_GPUOPS_* value to its default's type, which would turn "false" into True and make "abc" a
+    traceback; a None default keeps the text, and the table's check reads it.
+    """
+    import copy
+
+    from gpuops.settings import SETTINGS, check
+
+    got = c.config.gpuops.get(key)
+    default = copy.deepcopy(SETTINGS[key].default)
+    if got is None or (isinstance(default, dict) and got == {}):
+        return default
+    got = check(key, got)
+    if isinstance(default, dict) and isinstance(got, dict):
+        return {**default, **got}  # presets from invoke.yaml join the built-in ones
+    return got
+
+
+def resolved(c, key: str, value=None, flag: str | None = None, default=None):
+    """A flag's value when it was given (not None and not the task's own default), else the setting from
+    Invoke's config; checked by the settings table: an error names the flag, or `gpuops.<key>`.
+
+        resolved(c, "stop_timeout", timeout, "--timeout")     # 10.0, or the flag's number
+        resolved(c, "follow", follow, "--no-follow", True)     # a yes/no flag whose default is True
+    """
+    from gpuops.settings import check
+
+    given = value is not None and value != default
+    return check(key, value if given else setting(c, key), flag=flag if given else None)
+
+
+def output(c, json=False):
+    """The task's Output: --json from the flag or `gpuops.json` in the config."""
+    from gpuops.cli.output import Output
+
+    return Output(json=resolved(c, "json", json, "--json", False))
+
+
 def project_root(c) -> str | None:
-    """The folder of the tasks.py that `inv` loaded (None for the `gpuops` command and in tests)."""
-    return getattr(c.config, "_project_prefix", None)
+    """The folder of the project's tasks.py (`project_tasks(__file__)`); None for the `gpuops` command."""
+    return configured(c, "project_dir")
 
 
 def run_dir(c, agents_file=None) -> RunDir:
@@ -59,14 +100,6 @@ def server_recipe(c, server=None, agents_file=None):
     from gpuops.server.recipes import load_recipes
 
     return load_recipes(agents_file_path(c, agents_file)).server(setting(c, "server", server))
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-def confirm(question: str) -> bool:
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def smoke_presets(c, agents_file=None) -> dict:

@@ -3,7 +3,7 @@
     >>> errors = ErrorSchedule(every=3)
     >>> [errors.next_fails() for _ in range(6)]
     [False, False, True, False, False, True]
-    >>> OOM_TRACEBACK.splitlines()[-1][:44]
+    >>> OOM_TRACEBACK.splitlines()[-1][:43]
     'torch.OutOfMemoryError: CUDA out of memory.'
 """
 

@@ -1,6 +1,6 @@
 """The demo server's life: check settings, spawn workers, "load the model", serve with uvicorn, shut down.
 
-    >>> main(["--port", "8001", "--load-seconds", "0.5"], os.environ)   # runs until SIGTERM / Ctrl-C
+    main(["--port", "8001", "--load-seconds", "0.5"], os.environ)   # runs until SIGTERM / Ctrl-C
 
 Exit codes: 0 after Ctrl-C, 1 after crash_oom, 2 for a bad setting, uvicorn's own start-up failure
 code (3 in current uvicorn) when the port is taken; after SIGTERM uvicorn shuts down gracefully and

@@ -5,7 +5,7 @@
     (9000, 80.0, 20.0)
     >>> parse_settings([], {"GPUOPS_DEMO_FAULT": "segfault"})
     Traceback (most recent call last):
-    SettingsError: GPUOPS_DEMO_FAULT='segfault' is not a fault; choose one of: none, crash_oom, hang, ignore_sigterm
+    gpuops.demo.settings.SettingsError: GPUOPS_DEMO_FAULT='segfault' is not a fault; choose one of: none, crash_oom, hang, ignore_sigterm
 
 Pure: argv and the environment come in, a Settings or a SettingsError (one line for the user) comes out.
 """

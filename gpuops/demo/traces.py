@@ -2,9 +2,9 @@
 
     >>> trace = make_trace(num_steps=3, seed=0)
     >>> sorted(trace)[:4]
-    ['baseTimeNanoseconds', 'deviceProperties', 'displayTimeUnit', 'distributedInfo']
-    >>> {e["cat"] for e in trace["traceEvents"] if e["ph"] == "X"}
-    {'cpu_op', 'cuda_runtime', 'gpu_memcpy', 'kernel', 'user_annotation'}
+    ['baseTimeNanoseconds', 'cuda_runtime_version', 'deviceProperties', 'displayTimeUnit']
+    >>> sorted({e["cat"] for e in trace["traceEvents"] if e["ph"] == "X"})
+    ['cpu_op', 'cuda_runtime', 'gpu_memcpy', 'kernel', 'user_annotation']
     >>> generator_trace_name(0, 0, 1763806500123)
     'generator-0-0.1763806500123.pt.trace.json'
 

@@ -1,10 +1,9 @@
 """The server's worker processes: spawned before loading, stopped when the server shuts down cleanly.
 
-    >>> pool = WorkerPool(console)
-    >>> pool.spawn(2, orphan=True, ignore_sigterm=False)   # workers 0 and 1 in our group, worker 2 not
-    >>> pool.pids
-    [41240, 41241, 41242]
-    >>> pool.stop()
+    pool = WorkerPool(console)
+    pool.spawn(2, orphan=True, ignore_sigterm=False)   # workers 0 and 1 in our group, worker 2 not
+    pool.pids                                          # -> [41240, 41241, 41242]
+    pool.stop()
 
 Workers inherit the server's environment (gpuops' GPUOPS_SERVER tag included) and, except the orphan,
 its process group; that is how gpuops finds them after the server itself is gone.

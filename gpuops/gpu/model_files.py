@@ -1,7 +1,7 @@
 """How many weight files a server command's model path holds, for the start-up banner.
 
-    >>> count_model_files(["vllm", "serve", "./models/qwen3-8b", "--port", "8000"], cwd=".")
-    [('./models/qwen3-8b', 5)]
+    count_model_files(["vllm", "serve", "./models/qwen3-8b", "--port", "8000"], cwd=".")
+    # -> [('./models/qwen3-8b', 5)]   (when that directory exists)
     >>> count_model_files(["llama-server", "-m", "Qwen/Qwen3-8B"], cwd=".")   # a hub id, not a path
     []
 

@@ -1,9 +1,9 @@
 """The one seam between gpuops and NVML: each pynvml call gpuops makes, turned into plain values.
 
-    >>> with open_nvml() as nv:
-    ...     h = nv.handle(0)
-    ...     nv.name(h), nv.memory_mib(h), nv.processes(h, "compute")
-    ('NVIDIA H100 80GB HBM3', (40123.0, 81559.0), [(41234, 40000.0)])
+    with open_nvml() as nv:
+        h = nv.handle(0)
+        nv.name(h), nv.memory_mib(h), nv.processes(h, "compute")
+    # -> ('NVIDIA H100 80GB HBM3', (40123.0, 81559.0), [(41234, 40000.0)])
 
 `Nvml(lib)` takes the pynvml module (or, in tests, an object answering the same calls with pynvml's
 own structures and error classes), so the decoding below is what runs in production and in tests.

@@ -15,13 +15,14 @@ with a marker, since they still hold the memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from gpuops.gpu.inventory import Gpu, GpuProcess, Inventory, is_busy
+
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from gpuops.gpu.inventory import Gpu, GpuProcess, Inventory
 
 NA = "n/a"
 
@@ -39,8 +40,6 @@ def _process_text(p: GpuProcess) -> str:
 
 
 def _gpu_status(g: Gpu, busy_mib: float | None) -> str:
-    from gpuops.gpu.inventory import is_busy
-
     if g.problem:
         return g.problem
     if busy_mib is not None and is_busy(g, busy_mib):
@@ -77,11 +76,45 @@ def render_table(inv: Inventory, console: Console, *, busy_mib: float | None = N
     console.print(table)
 
 
-def to_json(inv: Inventory) -> dict:
-    """The inventory as plain JSON types (None for n/a), for `inv gpus --json`."""
-    return {
+def to_json(inv: Inventory, *, busy_mib: float | None = None) -> dict:
+    """The inventory as plain JSON types (None for n/a), for `inv gpus --json`; with `busy_mib`, each
+    GPU also says whether it is `busy` by that threshold.
+
+    >>> to_json(Inventory([], "the NVIDIA kernel driver is not loaded", None))
+    {'available': False, 'unavailable': 'the NVIDIA kernel driver is not loaded', 'driver': None, 'gpus': []}
+    """
+    data = {
         "available": inv.unavailable is None,
         "unavailable": inv.unavailable,
         "driver": inv.driver,
         "gpus": [asdict(g) for g in inv.gpus],
     }
+    if busy_mib is not None:
+        data["busy_mib"] = busy_mib
+        for g, d in zip(inv.gpus, data["gpus"], strict=True):
+            d["busy"] = not g.problem and is_busy(g, busy_mib)
+    return data
+
+
+def banner_lines(inv: Inventory, needed: Iterable[int]) -> list[str]:
+    """The GPU lines of the start-up banner.
+
+    >>> h100s = [Gpu(i, "NVIDIA H100 80GB HBM3", None, 72100.0, 81559.0, 87, False) for i in (0, 1)]
+    >>> banner_lines(Inventory(h100s, None, "550.54.15"), [0])
+    ['GPU 0: NVIDIA H100 80GB HBM3, 81559 MiB (72100 MiB in use)', 'uses GPU 0 of 2']
+    """
+    if inv.unavailable:
+        return [f"no NVIDIA GPU visible: {inv.unavailable}"]
+    wanted = list(needed)
+    shown = [g for g in inv.gpus if g.index in set(wanted)] or inv.gpus
+    lines = []
+    for g in shown:
+        if g.problem:
+            lines.append(f"GPU {g.index}: cannot be read ({g.problem})")
+            continue
+        mig = " [MIG]" if g.mig else ""
+        lines.append(f"GPU {g.index}: {g.name}{mig}, {_mib(g.memory_total_mib)} MiB "
+                     f"({_mib(g.memory_used_mib)} MiB in use)")
+    if wanted and len(shown) < len(inv.gpus):
+        lines.append(f"uses GPU {','.join(str(i) for i in wanted)} of {len(inv.gpus)}")
+    return lines

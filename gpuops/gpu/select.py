@@ -1,5 +1,7 @@
 """Which GPUs a server command will use, read from its environment and flags (pure).
 
+    >>> from gpuops.gpu.inventory import Gpu
+    >>> inv = Inventory([Gpu(i, "NVIDIA H100", None, 0.0, 81559.0, 0, False) for i in range(4)], None, "550.54")
     >>> needed_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, ["vllm", "serve", "m"], inv)
     [2, 3]
     >>> needed_gpus({}, ["vllm", "serve", "m", "--tensor-parallel-size", "2"], inv)
@@ -17,10 +19,8 @@ Rules, first match wins for *which* GPUs, then a GPU count keeps the first N of 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gpuops.gpu.inventory import Inventory
+from gpuops.gpu.inventory import Inventory
 
 TP_FLAGS = ("--tensor-parallel-size", "--tensor-parallel", "-tp", "--tp", "--tp-size")
 PP_FLAGS = ("--pipeline-parallel-size", "-pp", "--pp", "--pp-size")

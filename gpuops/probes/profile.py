@@ -1,13 +1,14 @@
 """Capture a server-side PyTorch profile while the server works, and bring the trace files back.
 
-    >>> result = capture("http://127.0.0.1:8000", "demo", out_dir=create_run_folder(RunDir(".").profiles),
-    ...                  num_steps=25, load=True, write=print)
-    profile: Fireworks-style GET /profile (25 steps, with_stack=false) at http://127.0.0.1:8000
-    ...
-    >>> for line in render_result(result): print(line)
-    trace files (2, 1.4 MB) in do_not_commit/profiles/20261122-101500:
-         702.1 KB  generator-0-0.1763806500.pt.trace.json
-    ...
+    result = run_profile(find_target(RunDir("do_not_commit")), profiles_root=Path("do_not_commit/profiles"),
+                         num_steps=25, load=True, write=print)
+    # prints: profile: Fireworks-style GET /profile (25 steps, with_stack=false) at http://127.0.0.1:8000 ...
+    result.as_dict()["files"][0]
+    # -> {'path': '/w/do_not_commit/profiles/20261122-101500/generator-0-0.1763806500.pt.trace.json',
+    #     'name': 'generator-0-0.1763806500.pt.trace.json', 'bytes': 718950}
+
+`run_profile` is the use case (a found server in, a summarized ProfileResult out); `capture` is the
+capture alone; cli/render_probes.py turns the result into text.
 
 Each engine has its own way in (its "flavour"):
   fireworks  GET /profile?dir=D&num_steps=N&with_stack=B      (the demo, in-house uvicorn servers)
@@ -27,7 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpuops.errors import GpuopsError, RequestFailed, UsageError
@@ -321,21 +322,19 @@ class LoadStats:
 class BackgroundLoad:
     """A few threads streaming completions while the profiler records, so decode steps exist.
 
-    >>> with BackgroundLoad("http://127.0.0.1:8000", "vllm", "Qwen/Qwen3-8B") as load:
-    ...     load.wait_for_tokens(30); time.sleep(5)
-    >>> load.stats.describe()
-    'background load: 4 streams, 9 requests finished, 2304 tokens, 0 errors'
+    with BackgroundLoad("http://127.0.0.1:8000", "vllm", "Qwen/Qwen3-8B") as load:
+        load.wait_for_tokens(30); time.sleep(5)
+    load.stats.describe()   # -> 'background load: 4 streams, 9 requests finished, 2304 tokens, 0 errors'
     """
 
     def __init__(self, base: str, engine: str, model: str | None, *, streams: int = LOAD_STREAMS,
                  max_tokens: int = LOAD_MAX_TOKENS, prompt: str = LOAD_PROMPT, timeout: float = 120.0):
-        from gpuops.probes.smoke import request_for
+        from gpuops.probes.openai import API_PATHS, ignore_eos_for, request_body
 
-        req = request_for(engine, prompt=prompt, max_tokens=max_tokens, stream=True, model=model)
-        self.url = f"{base}{req.path}"
-        self.body = dict(req.body or {})
-        if engine in ("vllm", "sglang"):
-            self.body["ignore_eos"] = True  # keep decoding to max_tokens: steady decode steps
+        self.url = f"{base}{API_PATHS['completion']}"
+        # ignore_eos where the engine takes it: keep decoding to max_tokens, steady decode steps
+        self.body = request_body("completion", model, prompt, max_tokens=max_tokens, stream=True,
+                                 ignore_eos=ignore_eos_for(engine), temperature=0)
         self.streams = streams
         self.timeout = timeout
         self._stop = threading.Event()
@@ -362,11 +361,9 @@ class BackgroundLoad:
             self._first_error = self._first_error or text[:200]
 
     def _run(self, i: int) -> None:
-        import requests
+        from gpuops.probes.openai import StreamParser, new_session, response_message
 
-        from gpuops.probes.smoke import StreamParser
-
-        with requests.Session() as session:
+        with new_session() as session:
             while not self._stop.is_set():
                 resp = None
                 try:
@@ -374,8 +371,6 @@ class BackgroundLoad:
                     with self._lock:
                         self._active[i] = resp
                     if resp.status_code >= 400:
-                        from gpuops.probes.smoke import response_message
-
                         self._error(f"HTTP {resp.status_code}: {response_message(resp, 150)}")
                         self._stop.wait(0.5)
                         continue
@@ -383,7 +378,7 @@ class BackgroundLoad:
                     for raw in resp.iter_lines():
                         if self._stop.is_set():
                             break
-                        if parser.feed(raw.decode("utf-8", "replace")):
+                        if parser.feed(raw):
                             with self._lock:
                                 self._tokens[i] += 1
                         if parser.done:
@@ -452,6 +447,8 @@ class BackgroundLoad:
 
 @dataclass
 class ProfileResult:
+    """What a capture brought back: the folder, the trace files and their sizes, the summary."""
+
     flavour: str
     url: str
     out_dir: Path
@@ -462,6 +459,30 @@ class ProfileResult:
     summary: object | None = None  # traces.TraceSummary
     unreadable: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    server: str | None = None  # the recipe name of the server gpuops started (None: a --url it did not)
+    engine: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+    def as_dict(self, top: int = 10) -> dict:
+        """The fields of `inv profile --json` (docs/json.md); the summary's tables hold `top` rows."""
+        return {"server": self.server, "url": self.url, "engine": self.engine, "flavour": self.flavour,
+                "folder": str(self.out_dir), "source_dir": None if self.source_dir is None else str(self.source_dir),
+                "settled": self.settled, "total_bytes": self.total_bytes,
+                "files": [{"path": str(p), "name": _relative(p, self.out_dir), "bytes": size}
+                          for p, size in self.files],
+                "load": None if self.load is None else asdict(self.load),
+                "summary": None if self.summary is None else self.summary.as_dict(top),
+                "notes": list(self.notes), "unreadable": list(self.unreadable)}
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return path.name
 
 
 DEFAULT_SUGGESTED_DIR = Path("do_not_commit") / "vllm_traces"
@@ -471,14 +492,14 @@ def _control(method: str, url: str, *, timeout: float, what: str, **kwargs):
     """One profiler control call; transport failures become RequestFailed naming the call."""
     import requests
 
+    from gpuops.probes.openai import auth_headers, transport_cause
+
     try:
-        return requests.request(method, url, timeout=(10.0, timeout), **kwargs)
+        return requests.request(method, url, timeout=(10.0, timeout), headers=auth_headers(), **kwargs)
     except requests.exceptions.Timeout:
         raise RequestFailed(f"profile failed: {method} {url} got no answer within {timeout:g} s ({what})",
                             hint="the server may be hung or busy flushing traces; check `inv logs`") from None
     except requests.exceptions.RequestException as err:
-        from gpuops.probes.smoke import transport_cause
-
         raise RequestFailed(f"profile failed: {method} {url}: {transport_cause(err, timeout)}",
                             hint="is the server running? `inv status`, `inv logs`; or check --url") from None
 
@@ -486,7 +507,8 @@ def _control(method: str, url: str, *, timeout: float, what: str, **kwargs):
 def _check(resp, method: str, url: str, flavour: str, suggested_dir: str | Path, log_shown: bool = False) -> None:
     if resp.status_code < 400:
         return
-    from gpuops.probes.smoke import log_pointer, response_message
+    from gpuops.probes.openai import response_message
+    from gpuops.probes.smoke import log_pointer
 
     body = response_message(resp, 400)
     if flavour == "vllm" and (resp.status_code in (404, 405) or "not enabled" in body.lower()):
@@ -528,7 +550,7 @@ def capture(url: str, engine: str, *, out_dir: Path, num_steps: int = DEFAULT_NU
     `suggest_dir`: the folder a vLLM started without profiling is told to use (default
     ./do_not_commit/vllm_traces, made absolute). `log_shown`: the caller adds the server's log to a failure.
     """
-    from gpuops.probes.smoke import base_url, fetch_model
+    from gpuops.probes.openai import base_url, fetch_model
 
     flavour = flavour_of(engine)
     if num_steps < 1:
@@ -689,25 +711,40 @@ def traces_like(path: Path) -> bool:
     return is_trace_file(path.name)
 
 
-def render_result(result: ProfileResult, top: int = 10) -> list[str]:
-    """What `inv profile` prints after the capture: files, how to open them, the summary."""
-    from gpuops.probes import traces
+# ---------------------------------------------------------------- the use case
 
-    total = sum(size for _, size in result.files)
-    lines = []
-    if result.load:
-        lines.append(result.load.describe())
-    if result.source_dir:
-        lines.append(f"copied from the server's profiler folder {shown(result.source_dir)}")
-    lines.append(f"trace files ({len(result.files)}, {format_size(total)}) in {shown(result.out_dir)}:")
-    for path, size in result.files:
-        lines.append(f"  {format_size(size):>10}  {path.relative_to(result.out_dir)}")
-    lines.append(f"open in Perfetto: {PERFETTO_URL} -> 'Open trace file' (or drop a file on the page); "
-                 ".json.gz files open as they are")
-    if total > LARGE_TRACE_BYTES:
-        lines.append("  large traces: run `trace_processor --httpd FILE` and open ui.perfetto.dev, which then uses it")
-    lines += [f"note: {n}" for n in result.notes]
-    lines += [f"could not summarize: {u}" for u in result.unreadable]
-    if result.summary is not None:
-        lines += traces.format_summary(result.summary, top=top)
-    return lines
+
+def run_profile(target, *, profiles_root: Path, out_dir: Path | None = None, num_steps: int = DEFAULT_NUM_STEPS,
+                with_stack: bool = False, load: bool = False, duration: float | None = None,
+                settle_timeout: float = DEFAULT_SETTLE_TIMEOUT, quiet: float = QUIET_SECONDS,
+                suggest_dir: Path | None = None, write: Write = print) -> ProfileResult:
+    """`inv profile`'s use case: capture from a found server (gpuops.probes.target.Target), summarize.
+
+    Engines without a profiler endpoint fail (UsageError, saying what to use) before any folder is
+    made. Without `out_dir`, a new timestamped folder under `profiles_root` (removed again when the
+    capture brings nothing back). vLLM's own trace folder is read from the server process (gpuops'
+    record, or whoever listens on the URL's port). A failure carries the server's last log lines.
+    """
+    from gpuops.probes.target import with_server_log
+    from gpuops.server.logs import create_run_folder
+
+    flavour = flavour_of(target.engine)
+    out = Path(out_dir) if out_dir is not None else create_run_folder(profiles_root)
+    rec = target.record
+    server_dir = None
+    if flavour == "vllm":  # vLLM writes into its own folder: read it from the server process
+        server_dir = (server_profiler_dir(rec.pid, rec.create_time) if rec is not None
+                      else local_profiler_dir(target.url))
+    try:
+        result = capture(target.url, target.engine, out_dir=out, num_steps=num_steps, with_stack=with_stack,
+                         load=load, duration=duration, settle_timeout=settle_timeout, write=write,
+                         server_dir=server_dir, quiet=quiet, log_shown=bool(target.log_path),
+                         suggest_dir=suggest_dir)
+    except RequestFailed as err:
+        raise with_server_log(err, target) from None
+    finally:
+        if out_dir is None and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed capture leaves no empty timestamp folder behind
+    result.server, result.engine = target.name, target.engine
+    summarize(result)
+    return result

@@ -1,7 +1,7 @@
 """Read PyTorch profiler traces (Chrome-trace JSON, plain or gzipped) and say where the time went.
 
-    >>> s = summarize_files([Path("generator-0-0.1763.pt.trace.json"), Path("rank0.pt.trace.json.gz")])
-    >>> for line in format_summary(s, top=3): print(line)
+    s = summarize_files([Path("generator-0-0.1763.pt.trace.json"), Path("rank0.pt.trace.json.gz")])
+    for line in format_summary(s, top=3): print(line)
     trace summary: 25 steps x 2 files (mean 16.10 ms), window 412.30 ms, GPU busy 71%
     top GPU kernels by total time (share of all GPU time):
        41.2%   120.50 ms    300  sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_...
@@ -110,6 +110,25 @@ class TraceSummary:
     def top_ops(self, n: int = 10) -> list[Row]:
         whole = sum(s.self_us for s in self.ops.values())
         return _top(self.ops, whole, n, key=lambda s: s.self_us)
+
+    def as_dict(self, top: int = 10) -> dict:
+        """The summary as data (`inv profile --json`): times in ms, shares 0..1, the top `top` rows.
+
+        >>> TraceSummary(files=1, step_counts=[2], step_us=2000.0).as_dict()["step_mean_ms"]
+        1.0
+        """
+        mean = self.step_mean_us
+        return {"files": self.files, "steps": self.steps, "step_counts": list(self.step_counts),
+                "step_mean_ms": None if mean is None else round(mean / 1000, 4),
+                "window_ms": round(self.window_us / 1000, 4),
+                "gpu_busy": None if self.gpu_busy is None else round(self.gpu_busy, 4),
+                "top_gpu_kernels": [_row_dict(r) for r in self.top_gpu(top)],
+                "top_cpu_ops": [_row_dict(r) for r in self.top_ops(top)]}
+
+
+def _row_dict(row: Row) -> dict:
+    return {"name": row.name, "calls": row.count, "total_ms": round(row.total_us / 1000, 4),
+            "self_ms": round(row.self_us / 1000, 4), "share": round(row.share, 4)}
 
 
 def _top(stats: dict[str, OpStat], whole: float, n: int, key) -> list[Row]:

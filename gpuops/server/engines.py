@@ -42,7 +42,8 @@ ENGINES: dict[str, Engine] = {
         # /v1/models answers 200 while loading, so it is never used for readiness.
         Engine(
             "llama.cpp",
-            (r"server is listening on https?://", r"starting the main loop", r"llama_server: model loaded"),
+            (r"server is listening on https?://", r"starting the main loop", r"llama_server: model loaded",
+             r"(?:srv\s+init|llama_server): listening on https?://"),
             "/health",
             8080,
             None,
@@ -91,7 +92,8 @@ class Diagnosis:
     hint: str | None
 
 
-# Most specific first: the first signature found anywhere in the tail wins.
+# Most specific first: the first signature found anywhere in the tail wins (a wrapper such as
+# "Engine core initialization failed" comes last: the real cause is printed above it).
 SIGNATURES: list[tuple[str, str, str | None]] = [
     (r"Free memory on device .* is less than desired GPU memory utilization", "GPU memory taken",
      "another process holds GPU memory: check `inv gpus`, free it with `inv start-server --kill-gpu-procs`, "
@@ -106,6 +108,9 @@ SIGNATURES: list[tuple[str, str, str | None]] = [
      "NCCL_DEBUG=INFO; on consumer GPUs try NCCL_P2P_DISABLE=1"),
     (r"Address already in use|couldn't bind HTTP server socket|\[Errno 98\]", "port already in use",
      "another process took the port: `inv status`, `inv stop-server --port PORT`, or change --port"),
+    (r"error: (?:invalid argument|unrecognized arguments|unknown argument|the following arguments are required)\b",
+     "bad command-line flag", "the server rejected a flag of its command: fix it in AGENTS.local.md "
+     "(`PROGRAM --help` lists them)"),
     (r"ModuleNotFoundError: No module named|ImportError: ", "missing Python module",
      "the command runs in the wrong environment: activate the right virtualenv in AGENTS.local.md "
      "(`source .venv/bin/activate && ...`) or install the package"),
@@ -120,14 +125,23 @@ _EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Inter
 
 
 def diagnose(lines: list[str]) -> Diagnosis | None:
-    """The root cause in a server's last log lines: a known signature, else the last exception line."""
+    """The root cause in a server's last log lines.
+
+    The most specific known signature found anywhere wins (SIGNATURES' order). Its line is the last
+    exception line (`SomeError: ...`, a traceback's own last line) that carries it, else the first
+    line that does: a traceback's exception says more than a wrapper's "ERROR ... CUDA out of memory".
+    With no known signature: the last exception line, else None.
+
+    >>> diagnose(["ERROR [core.py] EngineCore failed: CUDA out of memory",
+    ...           "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"]).line
+    'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'
+    """
     for pattern, kind, hint in SIGNATURES:
         rx = re.compile(pattern)
-        for line in lines:
-            if rx.search(line):
-                # A traceback's own exception line says more than a wrapper's message: prefer the
-                # exception line that carries the same signature.
-                return Diagnosis(kind, line.strip(), hint)
+        matching = [line for line in lines if rx.search(line)]
+        if matching:
+            raised = [line for line in matching if _EXCEPTION_LINE.match(line)]
+            return Diagnosis(kind, (raised[-1] if raised else matching[0]).strip(), hint)
     for line in reversed(lines):
         if _EXCEPTION_LINE.match(line):
             return Diagnosis("Python exception", line.strip(), "see the traceback above it in the log")

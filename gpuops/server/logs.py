@@ -1,10 +1,14 @@
 """Run logs: timestamped, never overwritten, listed newest last, tailed and followed.
 
-    >>> path = create_log(RunDir("do_not_commit").logs, "server")
-    >>> path.name
+    path = create_log(RunDir("do_not_commit").logs, "server")
+    path.name
     'server-20261122-101500.log'        # a second one in the same second: server-20261122-101500-2.log
-    >>> tail_lines(path, 3)
+    tail_lines(path, 3)
     ['INFO:     Waiting for application startup.', 'INFO:     Application startup complete.', ...]
+    [f.name for f in log_files(RunDir("do_not_commit").logs)]      # inv logs --list
+    ['server-20261122-101500.log', 'locust-20261122-102000.log']
+    choose_log(RunDir("do_not_commit").logs, prefix="locust")       # inv logs: which file
+    PosixPath('do_not_commit/server_logs/locust-20261122-102000.log')
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from gpuops.errors import UsageError
 
 LOG_TAIL_LINES = 20  # how many of a server's last log lines come with an error about it
 LOG_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?\.log$")
@@ -80,6 +88,53 @@ def list_logs(folder: Path, prefix: str | None = None) -> list[Path]:
     return sorted(logs, key=_sort_key)
 
 
+@dataclass(frozen=True)
+class LogFile:
+    """One log of the run folder, as `inv logs --list` shows it."""
+
+    path: Path
+    size: int  # bytes
+    mtime: float  # last written, seconds since the epoch
+    kind: str  # the name's prefix: a server name, or locust
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "name": self.name, "size": self.size, "mtime": self.mtime, "kind": self.kind}
+
+
+def log_files(folder: Path, prefix: str | None = None) -> list[LogFile]:
+    """The logs in `folder` with size, time and kind, oldest first (the newest is last)."""
+    out = []
+    for p in list_logs(folder, prefix):
+        try:
+            st = p.stat()
+        except OSError:  # removed meanwhile
+            continue
+        out.append(LogFile(p, st.st_size, st.st_mtime, LOG_NAME.match(p.name)["prefix"]))
+    return out
+
+
+def choose_log(folder: Path, name: str | None = None, prefix: str | None = None) -> Path:
+    """The log `inv logs` shows: `name` (a file name in `folder`, or a path), else the newest (of `prefix`).
+    UsageError (exit 2) saying what there is when there is no such log."""
+    if name:
+        path = Path(name) if Path(name).exists() else folder / name
+        if not path.is_file():
+            raise UsageError(f"no log {name!r} (looked in {folder})", hint="`inv logs --list` shows the logs")
+        return path
+    found = list_logs(folder, prefix)
+    if found:
+        return found[-1]
+    if prefix:
+        kinds = sorted({m["prefix"] for p in list_logs(folder) if (m := LOG_NAME.match(p.name))})
+        raise UsageError(f"no {prefix} logs in {folder}", hint=f"logs there are of: {', '.join(kinds)}" if kinds
+                         else "start a server with `inv start-server`")
+    raise UsageError(f"no logs in {folder}", hint="start a server with `inv start-server`")
+
+
 def tail_lines(path: str | Path, n: int = 50) -> list[str]:
     """The last n lines of a file (without newlines); [] if it does not exist."""
     if n <= 0:
@@ -113,7 +168,7 @@ def _as_shown(raw: bytes) -> str:
 class LogReader:
     """Reads whole new lines appended to a log since the last call (a partial last line waits).
 
-    >>> r = LogReader(path); r.read_lines()
+    r = LogReader(path); r.read_lines()
     ['INFO:     Started server process [4242]']
 
     Progress bars (tqdm, model downloads) redraw one line with `\r` and end it with `\n` only

@@ -1,10 +1,10 @@
 """Processes: identity that survives PID reuse, who holds a port, and stopping a whole tree.
 
-    >>> matches(41234, 1763806500.12)          # same pid AND same start time, not a zombie
+    matches(41234, 1763806500.12)          # same pid AND same start time, not a zombie
     True
-    >>> [o.describe() for o in port_owners(8000)]
+    [o.describe() for o in port_owners(8000)]
     ['pid 41234 (alice): python -m vllm.entrypoints.openai.api_server --port 8000']
-    >>> stop_processes(server_tree(41234, create_time, pgid=41234, tag="server:1f2e"), pgids=[41234]).stopped
+    stop_processes(server_tree(41234, create_time, pgid=41234, tag="server:1f2e"), pgids=[41234]).stopped
     [Victim(pid=41234, ...), Victim(pid=41240, ...)]
 """
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from gpuops.server.recipes import mask_secrets
 from gpuops.server.state import TAG_VAR
 
 CREATE_TIME_SLACK = 0.05  # psutil create_time is derived from clock ticks: allow for rounding
@@ -44,6 +43,8 @@ def matches(pid: int, create_time: float) -> bool:
 
 def command_of(p: psutil.Process) -> str:
     """The command line as gpuops shows it: secret flags (`--api-key sk-...`) masked."""
+    from gpuops.server.recipes import mask_secrets  # its regexes cost ~8 ms to compile: not on status's path
+
     try:
         cmd = p.cmdline()
         return mask_secrets(" ".join(cmd), {}) if cmd else f"[{p.name()}]"
@@ -242,6 +243,18 @@ def stop_processes(
     return report
 
 
+def _orphan_of(p: psutil.Process, create_time: float, tag: str | None) -> bool:
+    try:
+        if p.create_time() < create_time - 1:
+            return False
+        env = p.environ()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except (psutil.AccessDenied, OSError):
+        env = {}
+    return env == {} or (tag is not None and env.get(TAG_VAR) == tag)
+
+
 def server_tree(pid: int, create_time: float, pgid: int | None, tag: str | None) -> list[psutil.Process]:
     """The recorded leader (if it is still the same process), its descendants, and every tagged process.
 
@@ -259,6 +272,14 @@ def server_tree(pid: int, create_time: float, pgid: int | None, tag: str | None)
             pass
         if pgid:
             for p in group_members(pgid):
+                procs.setdefault(p.pid, p)
+    elif pgid and pgid > 1 and not psutil.pid_exists(pgid):
+        # The leader is gone but its group lives on: vLLM's EngineCore and Worker survive the API server
+        # and rename themselves, which blanks their /proc/PID/environ (no tag to read). Linux never hands
+        # out a PID that is still a live group's ID, so the group is still ours; its members count when
+        # they started with or after the server and carry our tag or an unreadable, empty environment.
+        for p in group_members(pgid):
+            if _orphan_of(p, create_time, tag):
                 procs.setdefault(p.pid, p)
     if tag:
         for p in tagged(tag):

@@ -1,10 +1,10 @@
 """AGENTS.local.md -> recipes: the server commands, load-test flags and smoke presets it holds.
 
-    >>> recipes = load_recipes("AGENTS.local.md")
-    >>> recipe = recipes.server(None)              # the first server recipe
-    >>> recipe.env, recipe.argv[:3]
+    recipes = load_recipes("AGENTS.local.md")
+    recipe = recipes.server(None)              # the first server recipe
+    recipe.env, recipe.argv[:3]
     ({'CUDA_VISIBLE_DEVICES': '0,1'}, ['vllm', 'serve', 'Qwen/Qwen3-8B'])
-    >>> print(recipe.display())
+    print(recipe.display())
     export CUDA_VISIBLE_DEVICES=0,1
     vllm serve Qwen/Qwen3-8B --tensor-parallel-size 2
 
@@ -77,7 +77,6 @@ class ServerRecipe:
     script: str
     path: Path
     line: int
-    cwd: str | None = None  # reserved: `cd DIR && cmd` stays in the script, where bash does the cd
 
     @property
     def program(self) -> str:

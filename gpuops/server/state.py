@@ -1,7 +1,7 @@
 """State records: what gpuops needs to find a server again safely, one JSON file per server.
 
-    >>> rec = load(RunDir("do_not_commit"), "server")
-    >>> rec.pid, rec.url, rec.log_path
+    rec = load(RunDir("do_not_commit"), "server")
+    rec.pid, rec.url, rec.log_path
     (41234, 'http://127.0.0.1:8000', 'do_not_commit/server_logs/server-20261122-101500.log')
 
 A PID alone is not an identity (PIDs are reused), so a record keeps the process start time too;
@@ -10,16 +10,16 @@ A PID alone is not an identity (PIDs are reused), so a record keeps the process 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
-
-from gpuops.errors import ServerNotRunning
+from gpuops.errors import GpuopsError, ServerNotRunning
 from gpuops.rundir import RunDir
 
 TAG_VAR = "GPUOPS_SERVER"  # set in the server's environment; children inherit it
@@ -87,10 +87,43 @@ def remove(run_dir: RunDir, name: str) -> None:
     _path(run_dir, name).unlink(missing_ok=True)
 
 
-def lock(run_dir: RunDir, name: str, timeout: float = -1) -> FileLock:
+def lock(run_dir: RunDir, name: str, timeout: float = -1):
     """Serialise start/stop of one server across processes: `with lock(rd, "server"): ...`."""
+    from filelock import FileLock  # ~50 ms to import: not on `inv status`'s path
+
     run_dir.ensure(run_dir.state)
     return FileLock(str(run_dir.state / f"{name}.lock"), timeout=timeout)
+
+
+@contextlib.contextmanager
+def server_lock(run_dir: RunDir, name: str, write: Callable[[str], None], timeout: float) -> Iterator[None]:
+    """The per-server lock, saying so when another gpuops holds it; a clear error if it never frees.
+
+    >>> with server_lock(RunDir("do_not_commit"), "server", print, 300):
+    ...     pass    # decide and launch, or stop: one gpuops at a time per server
+    """
+    from filelock import Timeout
+
+    held = lock(run_dir, name, timeout=timeout)
+    try:
+        held.acquire(timeout=0)
+    except Timeout:  # another gpuops is starting or stopping this server
+        write(f"another gpuops process is starting or stopping '{name}'; waiting for it...")
+        try:
+            held.acquire()
+        except Timeout:
+            raise GpuopsError(f"gave up after {timeout:.0f} s waiting for another gpuops to start or stop "
+                              f"'{name}'", hint=f"see `inv status`; the lock is {held.lock_file}") from None
+    try:
+        yield
+    finally:
+        held.release()
+
+
+def mark_stopped(run_dir: RunDir, record: StateRecord) -> None:
+    """Before the first signal: a watcher or follower that sees the server exit knows it was asked to."""
+    record.stopped_at = time.time()
+    save(run_dir, record)
 
 
 def started_text(rec: StateRecord) -> str:

@@ -1,7 +1,7 @@
 """Watch a starting server: follow its log, probe its health, decide ready | exited | hung | timed out.
 
-    >>> outcome = wait_until_ready(log, engine, url, exit_code=proc.poll, write=print)
-    >>> outcome.state, round(outcome.elapsed, 2)
+    outcome = wait_until_ready(log, engine, url, exit_code=proc.poll, write=print)
+    outcome.state, round(outcome.elapsed, 2)
     ('ready', 3.27)
 
 The log is read every few milliseconds (a read() of nothing costs a syscall), and health is probed
@@ -16,9 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import requests
-
 from gpuops.server.engines import Diagnosis, Engine, diagnose
+from gpuops.server.health import HealthProbe
 from gpuops.server.logs import LogReader
 
 READ_INTERVAL = 0.005  # seconds between log reads while nothing new arrives
@@ -36,29 +35,6 @@ class Outcome:
     diagnosis: Diagnosis | None = None
     ready_line: str | None = None
     quiet: float = 0.0  # seconds since the log last grew
-
-
-class HealthProbe:
-    """GET <url><health_path> with a short timeout; True when the engine would call it ready."""
-
-    def __init__(self, base_url: str, engine: Engine, timeout: float = 2.0):
-        self.url = base_url.rstrip("/") + (engine.health_path or "/")
-        self.engine = engine
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False  # a proxy from the environment must not answer for localhost
-
-    def __call__(self) -> bool:
-        try:
-            r = self.session.get(self.url, timeout=self.timeout)
-        except requests.RequestException:
-            return False
-        if r.status_code == 200:
-            return True
-        return self.engine.any_answer_is_up and r.status_code < 500
-
-    def close(self) -> None:
-        self.session.close()
 
 
 def wait_until_ready(
@@ -93,42 +69,38 @@ def wait_until_ready(
                        ready_line, quiet=now - last_output)
 
     with LogReader(log_path, start_at_end=offset is None, offset=offset or 0) as reader:
-        try:
-            while True:
-                lines = reader.read_lines()
-                now = clock()
-                for line in lines:
+        while True:
+            lines = reader.read_lines()
+            now = clock()
+            for line in lines:
+                tail.append(line)
+                write(line)
+                if ready_line is None and engine.is_ready_line(line):
+                    ready_line = line
+                    next_probe = now  # look right away
+            if reader.grew:  # bytes count as output: a download bar redrawn with \r is not a hang
+                last_output = now
+                bar = reader.progress()
+                if bar and bar != shown_progress and now >= next_progress:
+                    write(bar)
+                    shown_progress, next_progress = bar, now + PROGRESS_INTERVAL
+
+            if ready_line is not None and probe is None:
+                return result("ready")
+            if probe is not None and now >= next_probe:
+                if probe():
+                    return result("ready")
+                next_probe = now + (READY_RECHECK if ready_line is not None else PROBE_INTERVAL)
+
+            code = exit_code()
+            if code is not None:
+                for line in reader.read_lines() + reader.flush_partial():
                     tail.append(line)
                     write(line)
-                    if ready_line is None and engine.is_ready_line(line):
-                        ready_line = line
-                        next_probe = now  # look right away
-                if reader.grew:  # bytes count as output: a download bar redrawn with \r is not a hang
-                    last_output = now
-                    bar = reader.progress()
-                    if bar and bar != shown_progress and now >= next_progress:
-                        write(bar)
-                        shown_progress, next_progress = bar, now + PROGRESS_INTERVAL
-
-                if ready_line is not None and probe is None:
-                    return result("ready")
-                if probe is not None and now >= next_probe:
-                    if probe():
-                        return result("ready")
-                    next_probe = now + (READY_RECHECK if ready_line is not None else PROBE_INTERVAL)
-
-                code = exit_code()
-                if code is not None:
-                    for line in reader.read_lines() + reader.flush_partial():
-                        tail.append(line)
-                        write(line)
-                    return result("exited", code)
-                if now - last_output >= hang_timeout:
-                    return result("hung")
-                if now - t0 >= start_timeout:
-                    return result("timeout")
-                if not lines:
-                    time.sleep(READ_INTERVAL)
-        finally:
-            if probe is not None:
-                probe.close()
+                return result("exited", code)
+            if now - last_output >= hang_timeout:
+                return result("hung")
+            if now - t0 >= start_timeout:
+                return result("timeout")
+            if not lines:
+                time.sleep(READ_INTERVAL)

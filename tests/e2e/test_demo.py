@@ -12,7 +12,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psutil
@@ -23,6 +22,7 @@ from gpuops.demo import generation, loading, protocol, traces
 from gpuops.demo.faults import OOM_TRACEBACK, ErrorSchedule
 from gpuops.demo.profilers import parse_profile_query
 from gpuops.demo.settings import Settings, SettingsError, parse_settings
+from support.demo import DemoServer
 from support.fixtures import free_port, wait_for
 
 TTFT_MS, ITL_MS = 100, 25  # the shared server's timing: big enough to measure on a slow CI machine
@@ -30,92 +30,16 @@ TTFT_MS, ITL_MS = 100, 25  # the shared server's timing: big enough to measure o
 
 # ---------------------------------------------------------------- running demo servers
 
-
-class Demo:
-    """One `python -m gpuops.demo` in its own session (as gpuops starts it), stdout+stderr in one file."""
-
-    def __init__(self, folder: Path, args: tuple[str, ...], env: dict[str, str]):
-        self.port = free_port()
-        self.tag = f"demo-test:{uuid.uuid4().hex[:12]}"
-        self.log = folder / f"demo-{self.port}.log"
-        full_env = {**os.environ, "GPUOPS_SERVER": self.tag, "GPUOPS_DEMO_LOAD_SECONDS": "0.2",
-                    "GPUOPS_DEMO_TTFT_MS": "10", "GPUOPS_DEMO_ITL_MS": "2", **env}
-        full_env.pop("PYTHONUNBUFFERED", None)  # the demo must flush by itself: a log file is block-buffered
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gpuops.demo", "--port", str(self.port), *args],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=full_env, cwd=folder, start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_healthy(self, timeout: float = 30.0) -> Demo:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"demo exited with {self.proc.returncode}:\n{self.output}")
-            try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"demo not healthy within {timeout}s:\n{self.output}")
-
-    def tagged(self) -> list[psutil.Process]:
-        """Live processes carrying this demo's tag: the server and every worker, wherever they went."""
-        found = []
-        for p in psutil.process_iter():
-            try:
-                if p.environ().get("GPUOPS_SERVER") == self.tag and p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-            except (psutil.Error, OSError):
-                continue
-        return found
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for p in self.tagged():  # workers outlive a killed server by design
-            p.kill()
-        psutil.wait_procs([p for p in self.tagged()], timeout=5)
-
-
-@pytest.fixture
-def demos(tmp_path):
-    """Start demo servers: demos(*args, env={...}); every one and its workers are killed afterwards."""
-    started: list[Demo] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Demo:
-        demo = Demo(tmp_path, args, env or {})
-        started.append(demo)
-        return demo
-
-    yield start
-    for demo in started:
-        demo.cleanup()
+# the servers the `demo` fixture starts here (tests/support/demo.py): quick, each test's own
+pytestmark = pytest.mark.demo_options(load_seconds=0.2, ttft_ms=10, itl_ms=2)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One healthy demo shared by the HTTP tests (ttft 100 ms, itl 25 ms, profile delay 0.5 s)."""
-    folder = tmp_path_factory.mktemp("demo")
-    demo = Demo(folder, (), {"GPUOPS_DEMO_TTFT_MS": str(TTFT_MS), "GPUOPS_DEMO_ITL_MS": str(ITL_MS),
-                             "GPUOPS_DEMO_PROFILE_DELAY": "0.5", "GPUOPS_DEMO_MODEL": "demo-model"})
-    try:
+    with DemoServer.start(tmp_path_factory.mktemp("demo"), port=free_port(), load_seconds=0.2, ttft_ms=TTFT_MS,
+                          itl_ms=ITL_MS, profile_delay=0.5, model="demo-model") as demo:
         yield demo.wait_healthy()
-    finally:
-        demo.cleanup()
 
 
 def sse_lines(response: requests.Response):
@@ -461,15 +385,15 @@ def test_startup_prints_loading_lines_then_uvicorn_lines_in_order(server):
     assert re.search(r"^INFO \d\d-\d\d \d\d:\d\d:\d\d \[demo\] Loading model", out, re.M)
 
 
-def test_port_is_bound_only_after_loading(demos):
-    demo = demos(env={"GPUOPS_DEMO_LOAD_SECONDS": "1.5"})
-    assert wait_for(lambda: "Loading model" in demo.output, timeout=15), demo.output
+def test_port_is_bound_only_after_loading(demo):
+    d = demo(load_seconds=1.5, wait=False)
+    assert wait_for(lambda: "Loading model" in d.output, timeout=15), d.output
     t_loading = time.monotonic()
     with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", demo.port)) != 0  # still loading: nothing listens yet
-    demo.wait_healthy()
+        assert s.connect_ex(("127.0.0.1", d.port)) != 0  # still loading: nothing listens yet
+    d.wait_healthy()
     assert time.monotonic() - t_loading > 1.0
-    assert "Uvicorn running on" in demo.output
+    assert "Uvicorn running on" in d.output
 
 
 def test_health_and_models(server):
@@ -570,34 +494,34 @@ def test_invalid_json_and_unknown_routes_get_json_errors(server):
     assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
 
 
-def test_no_stream_support_answers_json_even_when_asked_to_stream(demos):
-    demo = demos("--no-stream-support").wait_healthy()
-    r = requests.post(demo.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}, timeout=5)
+def test_no_stream_support_answers_json_even_when_asked_to_stream(demo):
+    d = demo("--no-stream-support")
+    r = requests.post(d.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}, timeout=5)
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["choices"][0]["text"] == generation.answer_text(3)
 
 
-def test_error_every_answers_every_nth_generation_with_500(demos):
-    demo = demos(env={"GPUOPS_DEMO_ERROR_EVERY": "3"}).wait_healthy()
+def test_error_every_answers_every_nth_generation_with_500(demo):
+    d = demo(env={"GPUOPS_DEMO_ERROR_EVERY": "3"})
     codes = []
     for i in range(6):
         path, body = (("/v1/completions", {"prompt": "x", "max_tokens": 1}) if i % 2 else
                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
-        r = requests.post(demo.url + path, json=body, timeout=5)
+        r = requests.post(d.url + path, json=body, timeout=5)
         codes.append(r.status_code)
         if r.status_code == 500:
             assert r.json()["error"]["type"] == "InternalServerError"
     assert codes == [200, 200, 500, 200, 200, 500]
-    assert requests.get(demo.url + "/health", timeout=5).status_code == 200  # health is not a generation
+    assert requests.get(d.url + "/health", timeout=5).status_code == 200  # health is not a generation
 
 
 # ---------------------------------------------------------------- faults and signals
 
 
-def test_crash_oom_exits_1_with_a_pytorch_oom_traceback(demos):
-    demo = demos(env={"GPUOPS_DEMO_FAULT": "crash_oom"})
-    assert demo.proc.wait(30) == 1
-    out = demo.output
+def test_crash_oom_exits_1_with_a_pytorch_oom_traceback(demo):
+    d = demo(env={"GPUOPS_DEMO_FAULT": "crash_oom"}, wait=False)
+    assert d.proc.wait(30) == 1
+    out = d.output
     assert "Traceback (most recent call last):" in out
     assert len(re.findall(r'^  File ".+", line \d+, in \w+$', out, re.M)) >= 3
     last = out.strip().splitlines()[-1]
@@ -608,17 +532,17 @@ def test_crash_oom_exits_1_with_a_pytorch_oom_traceback(demos):
     assert "Uvicorn running" not in out
 
 
-def test_hang_never_serves_but_still_dies_on_sigterm(demos):
-    demo = demos("--fault", "hang", "--workers", "1")
-    assert wait_for(lambda: "worker 0 started" in demo.output and "Loading model" in demo.output, timeout=15)
+def test_hang_never_serves_but_still_dies_on_sigterm(demo):
+    d = demo("--fault", "hang", "--workers", "1", wait=False)
+    assert wait_for(lambda: "worker 0 started" in d.output and "Loading model" in d.output, timeout=15)
     time.sleep(1.0)  # five times the load time: a normal server would be serving by now
     with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", demo.port)) != 0
-    assert demo.proc.poll() is None
-    assert "Uvicorn" not in demo.output and "Model loading took" not in demo.output
-    demo.proc.send_signal(signal.SIGTERM)
-    assert demo.proc.wait(10) != 0
-    assert wait_for(lambda: not demo.tagged(), timeout=10)  # the worker went with it
+        assert s.connect_ex(("127.0.0.1", d.port)) != 0
+    assert d.proc.poll() is None
+    assert "Uvicorn" not in d.output and "Model loading took" not in d.output
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(10) != 0
+    assert wait_for(lambda: not d.tagged(), timeout=10)  # the worker went with it
 
 
 def _ignores_sigterm(pid: int) -> bool:
@@ -626,69 +550,69 @@ def _ignores_sigterm(pid: int) -> bool:
     return bool(int(fields["SigIgn"], 16) & (1 << (signal.SIGTERM - 1)))
 
 
-def test_ignore_sigterm_survives_sigterm_and_dies_on_sigkill(demos):
-    demo = demos("--workers", "1", env={"GPUOPS_DEMO_FAULT": "ignore_sigterm"}).wait_healthy()
-    [worker] = requests.get(demo.url + "/v1/demo/workers", timeout=5).json()
-    assert _ignores_sigterm(demo.proc.pid) and _ignores_sigterm(worker)
-    os.killpg(demo.proc.pid, signal.SIGTERM)  # the whole group, as a stop would
+def test_ignore_sigterm_survives_sigterm_and_dies_on_sigkill(demo):
+    d = demo("--workers", "1", env={"GPUOPS_DEMO_FAULT": "ignore_sigterm"})
+    [worker] = requests.get(d.url + "/v1/demo/workers", timeout=5).json()
+    assert _ignores_sigterm(d.proc.pid) and _ignores_sigterm(worker)
+    os.killpg(d.proc.pid, signal.SIGTERM)  # the whole group, as a stop would
     time.sleep(0.5)
-    assert demo.proc.poll() is None and psutil.pid_exists(worker)
-    assert requests.get(demo.url + "/health", timeout=5).status_code == 200
-    demo.proc.send_signal(signal.SIGKILL)
-    assert demo.proc.wait(10) == -signal.SIGKILL
+    assert d.proc.poll() is None and psutil.pid_exists(worker)
+    assert requests.get(d.url + "/health", timeout=5).status_code == 200
+    d.proc.send_signal(signal.SIGKILL)
+    assert d.proc.wait(10) == -signal.SIGKILL
 
 
-def test_sigterm_shuts_down_gracefully_and_stops_all_workers(demos):
-    demo = demos("--workers", "2", "--orphan-worker").wait_healthy()
-    pids = requests.get(demo.url + "/v1/demo/workers", timeout=5).json()
+def test_sigterm_shuts_down_gracefully_and_stops_all_workers(demo):
+    d = demo("--workers", "2", "--orphan-worker")
+    pids = requests.get(d.url + "/v1/demo/workers", timeout=5).json()
     assert len(pids) == 3
-    demo.proc.send_signal(signal.SIGTERM)  # the server alone: it must take its workers down itself
-    assert demo.proc.wait(15) == -signal.SIGTERM  # uvicorn re-raises the signal after a clean shutdown
-    out = demo.output
-    assert "Shutting down" in out and f"Finished server process [{demo.proc.pid}]" in out
+    d.proc.send_signal(signal.SIGTERM)  # the server alone: it must take its workers down itself
+    assert d.proc.wait(15) == -signal.SIGTERM  # uvicorn re-raises the signal after a clean shutdown
+    out = d.output
+    assert "Shutting down" in out and f"Finished server process [{d.proc.pid}]" in out
     assert out.count("exiting (SIGTERM)") == 3
-    assert not demo.tagged()
+    assert not d.tagged()
 
 
-def test_workers_carry_the_server_env_and_group_except_the_orphan(demos):
-    demo = demos("--workers", "2", env={"GPUOPS_DEMO_ORPHAN_WORKER": "1"}).wait_healthy()
-    pids = requests.get(demo.url + "/v1/demo/workers", timeout=5).json()
+def test_workers_carry_the_server_env_and_group_except_the_orphan(demo):
+    d = demo("--workers", "2", env={"GPUOPS_DEMO_ORPHAN_WORKER": "1"})
+    pids = requests.get(d.url + "/v1/demo/workers", timeout=5).json()
     assert len(pids) == 3
-    assert wait_for(lambda: all(f"worker {i} started (pid {pid}" in demo.output for i, pid in enumerate(pids)),
-                    timeout=10), demo.output
-    server_group = os.getpgid(demo.proc.pid)
-    assert server_group == demo.proc.pid  # started in its own session, like gpuops does
+    assert wait_for(lambda: all(f"worker {i} started (pid {pid}" in d.output for i, pid in enumerate(pids)),
+                    timeout=10), d.output
+    server_group = os.getpgid(d.proc.pid)
+    assert server_group == d.proc.pid  # started in its own session, like gpuops does
     for pid in pids:
         p = psutil.Process(pid)
-        assert p.ppid() == demo.proc.pid
+        assert p.ppid() == d.proc.pid
         assert "gpuops.demo.worker" in " ".join(p.cmdline())
-        assert p.environ()["GPUOPS_SERVER"] == demo.tag
+        assert p.environ()["GPUOPS_SERVER"] == d.tag
     *grouped, orphan = pids
     assert [os.getpgid(pid) for pid in grouped] == [server_group] * 2
     assert os.getpgid(orphan) != server_group and os.getsid(orphan) == orphan
-    assert {p.pid for p in demo.tagged()} == {demo.proc.pid, *pids}
+    assert {p.pid for p in d.tagged()} == {d.proc.pid, *pids}
 
 
-def test_workers_outlive_a_sigkilled_server(demos):
-    demo = demos("--workers", "1", "--orphan-worker").wait_healthy()
-    pids = requests.get(demo.url + "/v1/demo/workers", timeout=5).json()
-    demo.proc.kill()
-    demo.proc.wait(10)
+def test_workers_outlive_a_sigkilled_server(demo):
+    d = demo("--workers", "1", "--orphan-worker")
+    pids = requests.get(d.url + "/v1/demo/workers", timeout=5).json()
+    d.proc.kill()
+    d.proc.wait(10)
     time.sleep(0.3)
-    alive = {p.pid for p in demo.tagged()}
+    alive = {p.pid for p in d.tagged()}
     assert alive == set(pids)  # like a vLLM engine core holding the GPU after its server was killed
 
 
-def test_taken_port_shows_uvicorns_bind_error_and_exits_nonzero(demos):
+def test_taken_port_shows_uvicorns_bind_error_and_exits_nonzero(demo):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        demo = demos("--port", str(port), "--workers", "1", env={"GPUOPS_DEMO_LOAD_SECONDS": "0"})
-        assert demo.proc.wait(30) not in (0, None)  # uvicorn's own start-up failure code
-    out = demo.output
+        d = demo("--workers", "1", port=port, load_seconds=0, wait=False)
+        assert d.proc.wait(30) not in (0, None)  # uvicorn's own start-up failure code
+    out = d.output
     assert re.search(r"ERROR:\s+\[Errno 98\] .*address already in use", out), out
-    assert wait_for(lambda: not demo.tagged(), timeout=10)  # its worker did not linger
+    assert wait_for(lambda: not d.tagged(), timeout=10)  # its worker did not linger
 
 
 # ---------------------------------------------------------------- profilers
@@ -750,20 +674,20 @@ def test_vllm_profiler_routes_do_not_exist_without_the_env_var(server):
         assert requests.post(server.url + path, timeout=5).status_code == 404
 
 
-def test_vllm_profiler_writes_a_gzipped_trace_on_stop(demos, tmp_path):
+def test_vllm_profiler_writes_a_gzipped_trace_on_stop(demo, tmp_path):
     folder = tmp_path / "vllm_traces"
-    demo = demos(env={"VLLM_TORCH_PROFILER_DIR": str(folder)}).wait_healthy()
+    d = demo(env={"VLLM_TORCH_PROFILER_DIR": str(folder)})
     assert folder.is_dir()  # made at start-up, like vLLM
-    assert requests.post(demo.url + "/start_profile", timeout=5).status_code == 200
-    assert requests.post(demo.url + "/start_profile", timeout=5).status_code == 409
-    requests.post(demo.url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=5)
+    assert requests.post(d.url + "/start_profile", timeout=5).status_code == 200
+    assert requests.post(d.url + "/start_profile", timeout=5).status_code == 409
+    requests.post(d.url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=5)
     t0 = time.monotonic()
-    stop = requests.post(demo.url + "/stop_profile", timeout=10)
+    stop = requests.post(d.url + "/stop_profile", timeout=10)
     assert stop.status_code == 200
     assert time.monotonic() - t0 >= 0.45  # slow, like a real export
     [path] = list(folder.iterdir())  # written before stop answered
-    expected = rf"{re.escape(socket.gethostname())}_{demo.proc.pid}\.\d{{19}}\.pt\.trace\.json\.gz"
+    expected = rf"{re.escape(socket.gethostname())}_{d.proc.pid}\.\d{{19}}\.pt\.trace\.json\.gz"
     assert re.fullmatch(expected, path.name), path.name
     trace = json.loads(gzip.decompress(path.read_bytes()))
     assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])
-    assert requests.post(demo.url + "/stop_profile", timeout=5).status_code == 409
+    assert requests.post(d.url + "/stop_profile", timeout=5).status_code == 409

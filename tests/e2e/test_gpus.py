@@ -29,6 +29,7 @@ from rich.console import Console
 
 from gpuops.errors import GpusBusy
 from gpuops.gpu import inventory as gpus
+from gpuops.gpu import nvml as seam
 from gpuops.gpu.inventory import Gpu, GpuProcess, Inventory
 from gpuops.gpu.nvml import Nvml
 from gpuops.server import procs
@@ -812,7 +813,7 @@ def run_task(monkeypatch, capsys, fake: FakePynvml | None, device: Device | None
     from gpuops.cli import ns
 
     if fake is not None:
-        monkeypatch.setattr(gpus, "open_nvml", lambda: nvml_for(fake, device))
+        monkeypatch.setattr(seam, "open_nvml", lambda: nvml_for(fake, device))  # the one seam
     monkeypatch.setenv("COLUMNS", "200")
     Program(namespace=ns).run(["inv", "gpus", *args], exit=False)
     return capsys.readouterr()
@@ -830,11 +831,36 @@ def test_inv_gpus_prints_the_table_with_processes(monkeypatch, capsys, holders, 
 
 def test_inv_gpus_json_is_machine_readable(monkeypatch, capsys, holders, device):
     h = holders()
-    fake = FakePynvml([FakeGpu(processes=[FakeProcess(h.pid, 4000)])])
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(h.pid, 4000)]), FakeGpu()])
 
     data = json.loads(run_task(monkeypatch, capsys, fake, device, "--json").out)
 
     assert data["gpus"][0]["processes"][0]["pid"] == h.pid
+
+
+def test_inv_gpus_json_is_one_document_with_schema_task_ok_and_busy_by_the_threshold(monkeypatch, capsys, holders,
+                                                                                      device):
+    h = holders()
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(h.pid, 4000)]), FakeGpu()])
+
+    data = json.loads(run_task(monkeypatch, capsys, fake, device, "--json", "--busy-mib", "1000").out)
+
+    assert (data["schema"], data["task"], data["ok"]) == (1, "gpus", True)
+    assert (data["available"], data["unavailable"], data["busy_mib"]) == (True, None, 1000)
+    assert [g["busy"] for g in data["gpus"]] == [True, False]
+    assert {"index", "name", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct", "mig",
+            "processes", "processes_error", "problem", "mig_devices"} <= set(data["gpus"][0])
+
+
+def test_inv_gpus_json_and_busy_threshold_come_from_the_config(monkeypatch, capsys, holders, device):
+    h = holders()
+    fake = FakePynvml([FakeGpu(processes=[FakeProcess(h.pid, 4000)])])
+    monkeypatch.setenv("INVOKE_GPUOPS_JSON", "true")
+    monkeypatch.setenv("INVOKE_GPUOPS_GPU_BUSY_MIB", "5000")
+
+    data = json.loads(run_task(monkeypatch, capsys, fake, device).out)
+
+    assert data["task"] == "gpus" and data["busy_mib"] == 5000 and data["gpus"][0]["busy"] is False
 
 
 def test_inv_gpus_busy_threshold_comes_from_the_flag(monkeypatch, capsys, holders, device):
@@ -893,7 +919,7 @@ def run_inv(monkeypatch, project, fake: FakePynvml, device: Device, *args: str) 
     from gpuops.cli import ns
 
     monkeypatch.chdir(project.root)
-    monkeypatch.setattr(gpus, "open_nvml", lambda: nvml_for(fake, device))
+    monkeypatch.setattr(seam, "open_nvml", lambda: nvml_for(fake, device))  # the one seam
     monkeypatch.setenv("INVOKE_GPUOPS_GPU_RELEASE_TIMEOUT", "3")
     code = 0
     try:

@@ -102,7 +102,7 @@ def test_hang_is_detected_and_the_hung_server_is_stopped(project, port):
     assert "looks hung" in r.err and "raise --hang-timeout" in r.err
     tag = project.record()["tag"]
     assert tagged_pids(tag) == set()
-    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "stopped"  # by gpuops, not a crash
+    assert json.loads(project.gpuops("status", "--json").out)["servers"][0]["state"] == "stopped"  # by gpuops, not a crash
 
 
 def test_keep_on_failure_leaves_a_hung_server_running(project, port):
@@ -238,14 +238,14 @@ def test_status_shows_ready_then_stopped(project, port):
     assert project.gpuops(*START).code == 0
     r = project.gpuops("status", "--json")
     assert r.code == 0, r.text
-    [s] = json.loads(r.out)
+    [s] = json.loads(r.out)["servers"]
     assert (s["name"], s["state"], s["port"]) == ("server", "ready", port)
     assert s["uptime"] >= 0
     table = project.gpuops("status", env={"COLUMNS": "80"})
     assert "ready" in table.out and str(port) in table.out
     assert "\u2026" not in table.out  # a narrow terminal folds the URL and log path, never cuts them short
     project.gpuops("stop-server")
-    [s] = json.loads(project.gpuops("status", "--json").out)
+    [s] = json.loads(project.gpuops("status", "--json").out)["servers"]
     assert s["state"] == "stopped" and s["uptime"] is None  # asked for, unlike a crash ("exited")
 
 
@@ -358,7 +358,7 @@ def test_stop_goes_through_while_a_start_is_being_watched(project, port):
     out, _ = starting.communicate(timeout=30)
     assert starting.returncode == 3
     assert "was stopped (stop-server) before it was ready" in out
-    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "stopped"
+    assert json.loads(project.gpuops("status", "--json").out)["servers"][0]["state"] == "stopped"
 
 
 def test_ctrl_c_while_starting_says_it_is_still_starting_and_a_new_start_picks_it_up(project, port):
@@ -373,7 +373,7 @@ def test_ctrl_c_while_starting_says_it_is_still_starting_and_a_new_start_picks_i
     assert again.code == 0, again.text
     assert project.record()["pid"] == pid  # the same server, watched to ready, not a second one
     assert "# gpuops server" not in again.out  # the log header is not replayed
-    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "ready"
+    assert json.loads(project.gpuops("status", "--json").out)["servers"][0]["state"] == "ready"
 
 
 def test_status_asks_a_server_whose_start_was_not_watched_to_the_end(project, port):
@@ -383,7 +383,7 @@ def test_status_asks_a_server_whose_start_was_not_watched_to_the_end(project, po
     starting.communicate(timeout=20)
     assert wait_for(lambda: _answers(port))
     assert "ready_at" not in project.record() or not project.record()["ready_at"]  # nobody watched it to ready
-    assert json.loads(project.gpuops("status", "--json").out)[0]["state"] == "ready"
+    assert json.loads(project.gpuops("status", "--json").out)["servers"][0]["state"] == "ready"
 
 
 def _answers(port: int) -> bool:
@@ -450,7 +450,7 @@ def test_stop_still_works_when_agents_file_is_broken(project, port):
 
 def test_inv_from_a_subfolder_finds_the_project_files(project, port):
     project.demo_agents(port)
-    (project.root / "tasks.py").write_text("from gpuops.cli import ns  # noqa: F401\n")
+    (project.root / "tasks.py").write_text("from gpuops.cli import project_tasks\n\nns = project_tasks(__file__)\n")
     sub = project.root / "docs"
     sub.mkdir()
 
@@ -464,7 +464,7 @@ def test_inv_from_a_subfolder_finds_the_project_files(project, port):
     assert (project.run_dir / "state" / "server.json").exists()  # the project's run folder, not docs/'s
     assert not (sub / "do_not_commit").exists()
     code, out = inv("status", "--json")
-    assert json.loads(out)[0]["state"] == "ready"
+    assert json.loads(out)["servers"][0]["state"] == "ready"
     code, out = inv("stop-server")
     assert code == 0 and "stopped 'server'" in out
 

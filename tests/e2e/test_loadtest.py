@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -26,51 +26,14 @@ import requests
 from gpuops.errors import ServerNotRunning
 from gpuops.probes.loadtest import metrics, options, runner
 from gpuops.probes.loadtest.runner import RecordTail, Target, server_lost, silence_s, sweep_title
-from gpuops.rundir import RunDir
-from gpuops.server.state import StateRecord, save
-from support.fixtures import free_port, wait_for
+from support.fixtures import free_port, save_record, wait_for
+from support.scripted import drain, send
 
 TTFT_MS, ITL_MS = 100.0, 20.0
 
-
-class Demo:
-    def __init__(self, proc: subprocess.Popen, port: int):
-        self.proc, self.port = proc, port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-@pytest.fixture
-def demo():
-    """Start a real demo server subprocess on a free port: demo(ttft_ms=..., env={...}) -> Demo."""
-    started: list[Demo] = []
-
-    def start(ttft_ms: float = TTFT_MS, itl_ms: float = ITL_MS, env: dict | None = None) -> Demo:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuops.demo", "--port", str(port), "--load-seconds", "0",
-             "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)],
-            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        server = Demo(proc, port)
-        started.append(server)
-
-        def healthy():
-            try:
-                return requests.get(f"{server.url}/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        assert wait_for(healthy, timeout=20), "demo server did not start"
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
+# the demo servers of this module (the `demo` fixture) stream with these delays: the reported numbers are
+# checked against them
+pytestmark = pytest.mark.demo_options(load_seconds=0, ttft_ms=TTFT_MS, itl_ms=ITL_MS, log=False)
 
 
 def _report_dir(project) -> Path:
@@ -83,8 +46,8 @@ def _summary(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
-def _load_test(project, *args, timeout=90):
-    return project.gpuops("load-test", *args, timeout=timeout)
+def _load_test(project, *args, timeout=90, env=None):
+    return project.gpuops("load-test", *args, timeout=timeout, env=env)
 
 
 # ---------------------------------------------------------------- accuracy (the product)
@@ -307,9 +270,7 @@ def test_a_crashed_server_is_named_with_its_log_instead_of_no_server(project, de
     server = demo()
     log = tmp_path / "server.log"
     log.write_text("INFO:     Application startup complete.\nKilled\n")
-    _record_for(server, project)
-    rec = json.loads((project.run_dir / "state" / "server.json").read_text())
-    (project.run_dir / "state" / "server.json").write_text(json.dumps({**rec, "log_path": str(log)}))
+    save_record(project, server.proc, server.url, log)
     server.proc.kill()
     server.proc.wait()
     res = _load_test(project, "--run-time", "2s")
@@ -404,14 +365,6 @@ def _run_until(project, ready: Callable[[object], bool], act: Callable[[subproce
     return proc.returncode, out
 
 
-def _record_for(server: Demo, project) -> None:
-    p = psutil.Process(server.proc.pid)
-    save(RunDir(project.run_dir), StateRecord(
-        name="server", pid=p.pid, create_time=p.create_time(), pgid=os.getpgid(p.pid), tag="test", host="127.0.0.1",
-        port=server.port, url=server.url, log_path="", command="python -m gpuops.demo", cwd=str(project.root),
-        engine="demo"))
-
-
 def test_a_run_where_no_request_succeeds_is_exit_7_and_keeps_its_results(project, demo):
     server = demo()
     res = _load_test(project, "--url", server.url, "--users", "2", "--run-time", "2s", "--request-timeout", "0.001")
@@ -436,7 +389,7 @@ def test_a_sweep_level_where_no_request_succeeds_ends_the_sweep_and_keeps_sweep_
 
 def test_server_dying_before_its_first_answer_is_exit_7_with_partial_results(project, demo):
     server = demo(ttft_ms=2500)  # the load's requests are all still waiting for their first token
-    _record_for(server, project)
+    save_record(project, server.proc, server.url, server.log)
     code, out = _run_until(project, _samples_appear, lambda _: server.kill(),
                            "--users", "2", "--run-time", "60s", "--max-tokens", "4")
     assert code == 7, out
@@ -448,7 +401,7 @@ def test_server_dying_before_its_first_answer_is_exit_7_with_partial_results(pro
 
 def test_a_server_that_stops_answering_without_closing_connections_is_a_stall(project, demo):
     server = demo()
-    # SIGSTOP: alive, connections open, answering nothing (the fixture's SIGKILL ends it after)
+    # SIGSTOP: alive, connections open, answering nothing (the fixture's cleanup ends it after)
     code, out = _run_until(project, _records_appear, lambda _: os.kill(server.proc.pid, signal.SIGSTOP),
                            "--url", server.url, "--users", "2", "--run-time", "60s", "--max-tokens", "8")
     assert code == 7, out
@@ -464,7 +417,7 @@ def test_a_server_that_stops_answering_without_closing_connections_is_a_stall(pr
 
 def test_server_killed_mid_run_keeps_partial_results_and_says_so(project, demo):
     server = demo()
-    _record_for(server, project)  # found like a server gpuops started: no --url
+    save_record(project, server.proc, server.url, server.log)  # found like a server gpuops started: no --url
     code, out = _run_until(project, _records_appear, lambda _: server.kill(),
                            "--users", "2", "--run-time", "60s", "--max-tokens", "30")
     assert code == 7, out
@@ -550,76 +503,63 @@ def test_web_mode_serves_locusts_ui_and_ctrl_c_writes_the_report(project, demo):
 # ---------------------------------------------------------------- what the client sends and accepts
 
 
-class _Scripted(BaseHTTPRequestHandler):
-    """An OpenAI-like server whose answers cycle through: no usage, cut mid-stream, error event."""
+@dataclass
+class FlakyOpenAI:
+    """An OpenAI-like server whose streams cycle through: whole (without usage), cut mid-stream, an error
+    event. `bodies`: the JSON of every POST, in order."""
 
-    protocol_version = "HTTP/1.1"
-    bodies: list[dict] = []
-    count = 0
-    lock = threading.Lock()
+    url: str
+    bodies: list[dict]
 
-    def log_message(self, *args):
-        pass
 
-    def _send(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def do_GET(self):  # noqa: N802
-        body = json.dumps({"data": [{"id": "scripted"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).bodies.append(body)
-            n = type(self).count
-            type(self).count += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        mode = "ok" if n == 0 else ("ok", "cut", "error")[n % 3]
-        for i in range(3):
-            finish = "length" if i == 2 and mode == "ok" else None
-            self._send(b"data: " + json.dumps({"choices": [{"text": f" t{i}", "finish_reason": finish}]}).encode()
-                       + b"\n\n")
-            time.sleep(0.005)
-            if mode == "cut" and i == 1:
-                self.close_connection = True
-                self.connection.shutdown(2)  # mid-stream, without the terminating chunk
-                return
-            if mode == "error" and i == 1:
-                self._send(b'data: {"error": {"message": "overloaded, try again"}}\n\n')
-                self._send(b"data: [DONE]\n\n")
-                self.wfile.write(b"0\r\n\r\n")
-                return
-        self._send(b"data: [DONE]\n\n")  # no usage chunk: tokens must be counted from chunks
-        self.wfile.write(b"0\r\n\r\n")
+def _chunk(h, data: bytes) -> None:
+    h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    h.wfile.flush()
 
 
 @pytest.fixture
-def scripted():
-    _Scripted.bodies, _Scripted.count = [], 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def flaky_openai(scripted) -> FlakyOpenAI:
+    bodies: list[dict] = []
+    lock = threading.Lock()
+
+    def respond(h):
+        if h.command == "GET":
+            send(h, 200, json.dumps({"data": [{"id": "scripted"}]}).encode())
+            return
+        body = drain(h)
+        with lock:
+            bodies.append(body)
+            n = len(bodies) - 1
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        mode = "ok" if n == 0 else ("ok", "cut", "error")[n % 3]
+        for i in range(3):
+            finish = "length" if i == 2 and mode == "ok" else None
+            _chunk(h, b"data: " + json.dumps({"choices": [{"text": f" t{i}", "finish_reason": finish}]}).encode()
+                   + b"\n\n")
+            time.sleep(0.005)
+            if mode == "cut" and i == 1:
+                h.close_connection = True
+                h.connection.shutdown(socket.SHUT_RDWR)  # mid-stream, without the terminating chunk
+                return
+            if mode == "error" and i == 1:
+                _chunk(h, b'data: {"error": {"message": "overloaded, try again"}}\n\n')
+                _chunk(h, b"data: [DONE]\n\n")
+                h.wfile.write(b"0\r\n\r\n")
+                return
+        _chunk(h, b"data: [DONE]\n\n")  # no usage chunk: tokens must be counted from chunks
+        h.wfile.write(b"0\r\n\r\n")
+
+    return FlakyOpenAI(scripted(respond), bodies)
 
 
-def test_prompts_are_salted_and_streams_are_judged_to_the_chunk(project, scripted):
-    res = _load_test(project, "--url", scripted, "--users", "2", "--run-time", "2s", "--prompt-tokens", "20",
-                     "--max-tokens", "3")
+def test_prompts_are_salted_and_streams_are_judged_to_the_chunk(project, flaky_openai):
+    res = _load_test(project, "--url", flaky_openai.url, "--users", "2", "--run-time", "2s",
+                     "--prompt-tokens", "20", "--max-tokens", "3")
     assert res.code == 0, res.text
-    sent = [b for b in _Scripted.bodies[1:]]  # the first one is the preflight request
+    sent = [b for b in flaky_openai.bodies[1:]]  # the first one is the preflight request
     assert len(sent) >= 6
     prompts = [b["prompt"].split() for b in sent]
     assert all(len(p) == 20 for p in prompts)
@@ -637,23 +577,23 @@ def test_prompts_are_salted_and_streams_are_judged_to_the_chunk(project, scripte
     assert "answer(s) carried no usage" in res.out
 
 
-def test_flags_from_the_agents_file_can_be_turned_off_on_the_command_line(project, scripted):
+def test_flags_from_the_agents_file_can_be_turned_off_on_the_command_line(project, flaky_openai):
     project.write_agents("## Load test\n\n```bash\n--qps 50 --shared-prefix --slo-ttft-ms 1 --sweep 1,2 "
                          "--run-time 2s --users 2 --prompt-tokens 20 --max-tokens 3\n```\n")
-    res = _load_test(project, "--url", scripted, "--qps", "off", "--no-shared-prefix", "--slo-ttft-ms", "off",
-                     "--sweep", "off")
+    res = _load_test(project, "--url", flaky_openai.url, "--qps", "off", "--no-shared-prefix",
+                     "--slo-ttft-ms", "off", "--sweep", "off")
     assert res.code == 0, res.text
     s = _summary(_report_dir(project))
     assert s["mode"] == "users" and s["slo"] is None and s["level"] is None and s["max_concurrency"] == 2
-    firsts = [b["prompt"].split()[0] for b in _Scripted.bodies[1:]]
+    firsts = [b["prompt"].split()[0] for b in flaky_openai.bodies[1:]]
     assert len(firsts) >= 4 and len(set(firsts)) == len(firsts)  # salted again
 
 
-def test_shared_prefix_sends_the_same_prompt_every_time(project, scripted):
-    res = _load_test(project, "--url", scripted, "--users", "2", "--run-time", "2s", "--prompt-tokens", "20",
-                     "--shared-prefix", "--chat")
+def test_shared_prefix_sends_the_same_prompt_every_time(project, flaky_openai):
+    res = _load_test(project, "--url", flaky_openai.url, "--users", "2", "--run-time", "2s",
+                     "--prompt-tokens", "20", "--shared-prefix", "--chat")
     assert res.code == 0, res.text
-    sent = _Scripted.bodies[1:]
+    sent = flaky_openai.bodies[1:]
     assert len(sent) >= 4
     assert len({b["messages"][0]["content"] for b in sent}) == 1
 
@@ -757,3 +697,109 @@ def test_a_bad_flag_in_the_agents_file_names_the_file(project, demo):
     res = _load_test(project, "--url", server.url)
     assert res.code == 2, res.text
     assert "AGENTS.local.md" in res.err and "'--userz'" in res.err and "Traceback" not in res.text
+
+
+# ---------------------------------------------------------------- --json, settings from config, the extra
+
+
+def test_json_is_one_document_with_the_summary_and_the_human_text_on_stderr(project, demo):
+    server = demo()
+    res = _load_test(project, "--url", server.url, "--users", "2", "--run-time", "2s", "--slo-ttft-ms", "5000",
+                     "--json", env={"INVOKE_GPUOPS_LOAD_MAX_TOKENS": "6"})  # a setting from the environment
+    assert res.code == 0, res.text
+    doc = json.loads(res.out)  # stdout holds the document and nothing else
+    assert (doc["schema"], doc["task"], doc["ok"], doc["status"], doc["exit_code"]) == (1, "load-test", True,
+                                                                                       "finished", 0)
+    folder = _report_dir(project)
+    assert doc["report_dir"] == str(folder.resolve()) and doc["mode"] == "foreground"
+    assert Path(doc["log"]).is_absolute() and Path(doc["log"]).name.startswith("locust-")
+    s = doc["summary"]
+    assert s == _summary(folder)
+    assert s["completed"] > 0 and s["total_output_tokens"] == 6 * s["completed"]
+    for key in ("median_ttft_ms", "p99_tpot_ms", "mean_itl_ms", "median_e2el_ms", "request_throughput",
+                "output_throughput", "total_token_throughput", "request_goodput"):
+        assert s[key] is not None, key
+    assert "client_bound" in s["client"] and isinstance(doc["warnings"], list)
+    assert doc["target"]["url"] == server.url and doc["options"]["max_tokens"] == 6 and doc["sweep"] is None
+    assert "TTFT" in res.err and "report:" in res.err  # the table and progress, for people, on stderr
+
+
+def test_json_of_a_run_where_no_request_succeeds_has_the_error_and_what_was_measured(project, demo):
+    server = demo()
+    res = _load_test(project, "--url", server.url, "--users", "2", "--run-time", "2s", "--request-timeout", "0.001",
+                     "--json")
+    assert res.code == 7, res.text
+    doc = json.loads(res.out)
+    assert (doc["ok"], doc["exit_code"], doc["error"]["exit_code"]) == (False, 7, 7)
+    assert doc["error"]["type"] == "RequestFailed" and "no request succeeded" in doc["error"]["message"]
+    assert doc["summary"]["completed"] == 0 and doc["summary"]["failed"] > 0
+    assert "no request succeeded" in doc["warnings"]
+    assert "error: no request succeeded" in res.err and "Traceback" not in res.text
+
+
+def test_json_with_detach_returns_at_once_with_the_background_runs_folder_and_log(project, demo):
+    server = demo()
+    res = _load_test(project, "--url", server.url, "--users", "2", "--run-time", "2s", "--max-tokens", "8",
+                     "--detach", "--json")
+    assert res.code == 0, res.text
+    assert res.out.startswith("{"), res.text
+    doc = json.loads(res.out)
+    try:
+        assert (doc["ok"], doc["status"], doc["mode"], doc["summary"]) == (True, "detached", "detached", None)
+        folder = Path(doc["report_dir"])
+        assert folder == _report_dir(project).resolve() and Path(doc["log"]).is_file()
+        assert wait_for(lambda: (folder / "summary.json").exists(), timeout=40)
+        assert _summary(folder)["completed"] > 0
+    finally:
+        if psutil.pid_exists(doc["pid"]):
+            wait_for(lambda: not psutil.pid_exists(doc["pid"]) or psutil.Process(doc["pid"]).status() == "zombie",
+                     timeout=20)
+
+
+def test_json_with_web_is_a_usage_error_before_anything_runs(project):
+    res = _load_test(project, "--url", "http://127.0.0.1:9", "--web", "--json")
+    assert res.code == 2, res.text
+    doc = json.loads(res.out)
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 2 and "--web and --json" in doc["error"]["message"]
+    assert not (project.run_dir / "load_tests").exists()
+
+
+def _without(project, tmp_path, *modules: str) -> dict:
+    """An environment in which `import MODULE` fails (as when the loadtest extra is not installed)."""
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(shim), project.env.get("PYTHONPATH")) if p)}
+
+
+def test_without_locust_load_test_says_which_extra_to_install(project, tmp_path):
+    res = _load_test(project, "--url", "http://127.0.0.1:9", env=_without(project, tmp_path, "locust"))
+    assert res.code == 2, res.text
+    assert "load-test needs the loadtest extra: pip install 'gpuops[loadtest]'" in res.err
+    assert "Traceback" not in res.text and not (project.run_dir / "load_tests").exists()
+
+
+def test_without_matplotlib_the_numbers_are_kept_and_the_chart_skipped_with_a_warning(project, demo, tmp_path):
+    server = demo()
+    res = _load_test(project, "--url", server.url, "--users", "1", "--run-time", "1s", "--max-tokens", "4",
+                     env=_without(project, tmp_path, "matplotlib"))
+    assert res.code == 0, res.text
+    assert "warning: no latency chart: matplotlib is not installed (pip install 'gpuops[loadtest]')" in res.out
+    folder = _report_dir(project)
+    assert _summary(folder)["completed"] > 0 and not (folder / "latency.png").exists()
+
+
+def test_settings_from_invoke_yaml_sit_above_the_agents_file_block(project, demo):
+    server = demo()
+    _agents_with_load_test(project, server.port, "--users 3 --run-time 2s --max-tokens 6")
+    (project.root / "invoke.yaml").write_text("gpuops:\n  load_max_tokens: 5\n  load_users: 2\n")
+    (project.root / "tasks.py").write_text("from gpuops.cli import project_tasks\n\nns = project_tasks(__file__)\n")
+    inv_bin = Path(sys.executable).parent / "inv"
+    proc = subprocess.run([str(inv_bin), "load-test", "--url", server.url, "--users", "1"], cwd=project.root,
+                          capture_output=True, text=True, timeout=90, env=project.env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    s = _summary(_report_dir(project))
+    assert s["max_concurrency"] == 1  # the flag over invoke.yaml
+    assert s["total_output_tokens"] == 5 * s["completed"]  # invoke.yaml over the block
+    assert s["options"]["run_time_s"] == 2  # the block over the built-in default

@@ -10,15 +10,20 @@ import time
 
 import psutil
 import pytest
-from test_smoke import drain, gpuops, running_demo, save_record, scripted_servers, send
 
+from gpuops.cli.render_probes import profile_lines
 from gpuops.demo.traces import LAYERS
 from gpuops.errors import RequestFailed, UsageError
 from gpuops.probes import profile as profiling
 from gpuops.probes import traces
 from gpuops.probes.profile import Settler
 from gpuops.server.logs import create_run_folder
-from support.fixtures import free_port
+from support.fixtures import free_port, gpuops, repo_pythonpath, save_record
+from support.scripted import drain, send
+
+# the demo servers of this module (the `demo` fixture): quick, writing traces half a second after being asked
+pytestmark = pytest.mark.demo_options(load_seconds=0.1, ttft_ms=20, itl_ms=2, profile_delay=0.5)
+
 
 # ---------------------------------------------------------------- flavours
 
@@ -200,13 +205,13 @@ def test_server_profiler_dir_is_read_from_the_server_environment(sleeper, tmp_pa
 
 # ---------------------------------------------------------------- captures from the real demo
 
-def test_profile_end_to_end_waits_for_late_growing_files_and_summarizes_them(tmp_path):
+def test_profile_end_to_end_waits_for_late_growing_files_and_summarizes_them(tmp_path, demo):
     out = tmp_path / "capture"
     out.mkdir()
     old = out / "generator-0-0.1.pt.trace.json"  # an earlier capture's file in the chosen --dir
     old.write_text('{"traceEvents": []}')
     lines: list[str] = []
-    with running_demo(tmp_path, GPUOPS_DEMO_PROFILE_DELAY="0.8") as d:
+    with demo(profile_delay=0.8) as d:
         t0 = time.monotonic()
         result = profiling.capture(d.url, "demo", out_dir=out, num_steps=3, load=True, write=lines.append,
                                    quiet=0.6)
@@ -231,13 +236,13 @@ def test_profile_end_to_end_waits_for_late_growing_files_and_summarizes_them(tmp
     assert s.gpu[flash].count == 2 * 3 * LAYERS
     assert s.ops["aten::linear"].self_us < s.ops["aten::linear"].total_us  # nested aten::mm excluded
     assert s.gpu_busy is not None and 0 < s.gpu_busy < 1
-    text = "\n".join(profiling.render_result(result, top=3))
+    text = "\n".join(profile_lines(result, top=3))
     assert "trace files (2, " in text and "ui.perfetto.dev" in text and "trace summary: 3 steps x 2 files" in text
     assert "load during the capture: 4 streams" in text
 
 
-def test_task_profile_lists_files_in_a_new_timestamped_folder(project, tmp_path):
-    with running_demo(tmp_path) as d:
+def test_task_profile_lists_files_in_a_new_timestamped_folder(project, demo):
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log)
         first = gpuops(project, "profile", "--num-steps", "2", "--settle-timeout", "30")
         second = gpuops(project, "profile", "--num-steps", "2", "--with-stack", "--settle-timeout", "30")
@@ -253,10 +258,10 @@ def test_task_profile_lists_files_in_a_new_timestamped_folder(project, tmp_path)
     assert "with_stack=true" in second.out
 
 
-def test_task_profile_vllm_flow_copies_traces_from_the_server_folder(project, tmp_path):
+def test_task_profile_vllm_flow_copies_traces_from_the_server_folder(project, tmp_path, demo):
     server_dir = tmp_path / "server-cwd"
     server_dir.mkdir()
-    with running_demo(server_dir, VLLM_TORCH_PROFILER_DIR="vllm_traces") as d:
+    with demo(folder=server_dir, env={"VLLM_TORCH_PROFILER_DIR": "vllm_traces"}) as d:
         save_record(project, d.proc, d.url, d.log, engine="vllm")
         r = gpuops(project, "profile", "--load", "--num-steps", "5", "--settle-timeout", "30")
     assert r.code == 0, r.text
@@ -270,8 +275,8 @@ def test_task_profile_vllm_flow_copies_traces_from_the_server_folder(project, tm
     assert "trace summary: 1 file, " in r.out and "top GPU kernels" in r.out
 
 
-def test_vllm_started_without_profiling_gets_told_what_to_add(project, tmp_path):
-    with running_demo(tmp_path) as d:  # no VLLM_TORCH_PROFILER_DIR: no /start_profile route, as in vLLM
+def test_vllm_started_without_profiling_gets_told_what_to_add(project, demo):
+    with demo() as d:  # no VLLM_TORCH_PROFILER_DIR: no /start_profile route, as in vLLM
         save_record(project, d.proc, d.url, d.log, engine="vllm")
         r = gpuops(project, "profile", "--duration", "0.2")
     assert r.code == 7, r.text
@@ -286,8 +291,8 @@ def test_vllm_started_without_profiling_gets_told_what_to_add(project, tmp_path)
     assert not any((project.run_dir / "profiles").iterdir())  # no empty capture folder left behind
 
 
-def test_profile_of_engine_without_endpoint_says_what_to_use(project, tmp_path):
-    with running_demo(tmp_path) as d:
+def test_profile_of_engine_without_endpoint_says_what_to_use(project, demo):
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log, engine="llama.cpp")
         r = gpuops(project, "profile")
     assert r.code == 2, r.text
@@ -295,8 +300,8 @@ def test_profile_of_engine_without_endpoint_says_what_to_use(project, tmp_path):
     assert not (project.run_dir / "profiles").exists()
 
 
-def test_profile_gives_up_when_no_file_appears_in_time(tmp_path):
-    with running_demo(tmp_path, GPUOPS_DEMO_PROFILE_DELAY="30") as d, pytest.raises(RequestFailed) as info:
+def test_profile_gives_up_when_no_file_appears_in_time(tmp_path, demo):
+    with demo(profile_delay=30) as d, pytest.raises(RequestFailed) as info:
         profiling.capture(d.url, "demo", out_dir=tmp_path / "cap", num_steps=2, settle_timeout=0.5, write=lambda _: None)
     assert "no trace files appeared" in info.value.message and "within 0.5 s" in info.value.message
 
@@ -310,7 +315,7 @@ def test_unreadable_trace_is_listed_and_noted_not_fatal(tmp_path):
                                      files=[(good, good.stat().st_size), (bad, bad.stat().st_size)])
     profiling.summarize(result)
     assert result.summary.files == 1 and list(result.summary.gpu) == ["k"]
-    lines = profiling.render_result(result)
+    lines = profile_lines(result)
     assert any(line.startswith("could not summarize: cannot read trace") and str(bad) in line for line in lines)
     assert any(line.endswith("bad.pt.trace.json") for line in lines)
 
@@ -351,10 +356,10 @@ def test_summary_matches_the_trace_parser_on_the_same_files(tmp_path):
     assert result.summary.top_gpu(5) == direct.top_gpu(5) and result.summary.step_counts == [4, 4]
 
 
-def test_vllm_folder_of_a_local_server_gpuops_did_not_start_is_found_by_its_port(project, tmp_path):
+def test_vllm_folder_of_a_local_server_gpuops_did_not_start_is_found_by_its_port(project, tmp_path, demo):
     server_dir = tmp_path / "elsewhere"
     server_dir.mkdir()
-    with running_demo(server_dir, VLLM_TORCH_PROFILER_DIR="traces") as d:  # no state record
+    with demo(folder=server_dir, env={"VLLM_TORCH_PROFILER_DIR": "traces"}) as d:  # no state record
         r = gpuops(project, "profile", "--url", d.url, "--engine", "vllm", "--duration", "0.3",
                    "--settle-timeout", "30")
     assert r.code == 0, r.text
@@ -362,19 +367,16 @@ def test_vllm_folder_of_a_local_server_gpuops_did_not_start_is_found_by_its_port
     assert "recording for 0.3 s" in r.out and "(0.3 s, with_stack=false)" in r.out
 
 
-def crashed_demo(project, tmp_path):
+def crashed_demo(project, demo):
     """A demo server gpuops has a record of, killed with SIGKILL (as the OOM killer would): pid, url, log."""
-    import signal
-
-    with running_demo(tmp_path) as d:
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log)
-        os.killpg(d.proc.pid, signal.SIGKILL)
-        d.proc.wait()
+        d.kill()
     return d.proc.pid, d.url, d.log
 
 
-def test_task_profile_of_crashed_server_says_it_exited_and_shows_its_log(project, tmp_path):
-    pid, _, log = crashed_demo(project, tmp_path)
+def test_task_profile_of_crashed_server_says_it_exited_and_shows_its_log(project, demo):
+    pid, _, log = crashed_demo(project, demo)
     r = gpuops(project, "profile")
     assert r.code == 6, r.text
     assert f"server 'server' (pid {pid}) has exited" in r.err and "no running server" not in r.err
@@ -382,8 +384,8 @@ def test_task_profile_of_crashed_server_says_it_exited_and_shows_its_log(project
     assert "inv start-server" in r.err and "Traceback" not in r.text
 
 
-def test_task_profile_url_of_crashed_server_shows_its_log(project, tmp_path):
-    pid, url, log = crashed_demo(project, tmp_path)
+def test_task_profile_url_of_crashed_server_shows_its_log(project, demo):
+    pid, url, log = crashed_demo(project, demo)
     r = gpuops(project, "profile", "--url", url)  # the engine comes from the record
     assert r.code == 7, r.text
     assert f"GET {url}/profile: connection refused" in r.err
@@ -396,12 +398,6 @@ def test_task_profile_of_dead_url_exits_7(project):
     r = gpuops(project, "profile", "--url", url, "--engine", "demo")
     assert r.code == 7, r.text
     assert f"GET {url}/profile: connection refused" in r.err and "Traceback" not in r.text
-
-
-@pytest.fixture
-def scripted():
-    with scripted_servers() as start:
-        yield start
 
 
 def sglang_like(scripted, tmp_path, *, writes_on: str):
@@ -575,3 +571,50 @@ def test_fireworks_engine_without_a_profile_route_says_so(scripted, tmp_path):
         profiling.capture(url, "uvicorn", out_dir=tmp_path / "cap", num_steps=2, write=lambda _: None)
     assert f"the server has no profiler endpoint: GET {url}/profile answered HTTP 404" in info.value.message
     assert "--engine" in info.value.hint
+
+
+# ---------------------------------------------------------------- --json
+
+
+def test_task_profile_json_is_one_document_with_files_and_summary(project, demo):
+    import json
+
+    with demo() as d:
+        save_record(project, d.proc, d.url, d.log)
+        # gpuops.profile_top from the environment, as from invoke.yaml: the summary's tables follow it
+        r = project.gpuops("profile", "--num-steps", "2", "--settle-timeout", "30", "--json",
+                           env={"PYTHONPATH": repo_pythonpath(), "INVOKE_GPUOPS_PROFILE_TOP": "1"})
+    assert r.code == 0, r.text
+    doc = json.loads(r.out)  # stdout holds the document and nothing else
+    assert (doc["schema"], doc["task"], doc["ok"]) == (1, "profile", True)
+    assert (doc["server"], doc["url"], doc["engine"], doc["flavour"], doc["settled"]) == (
+        "server", d.url, "demo", "fireworks", True)
+    folder = (project.root / doc["folder"]).resolve()
+    assert folder.parent == (project.run_dir / "profiles").resolve()
+    assert len(doc["files"]) == 2 and doc["total_bytes"] == sum(f["bytes"] for f in doc["files"])
+    for f in doc["files"]:
+        assert (folder / f["name"]).stat().st_size == f["bytes"] and f["name"].endswith(".pt.trace.json")
+    summary = doc["summary"]
+    assert (summary["files"], summary["steps"], summary["step_counts"]) == (2, 2, [2, 2])
+    assert doc["top"] == 1 and len(summary["top_gpu_kernels"]) == 1 and len(summary["top_cpu_ops"]) == 1
+    kernel = summary["top_gpu_kernels"][0]
+    assert set(kernel) == {"name", "calls", "total_ms", "self_ms", "share"} and 0 < kernel["share"] <= 1
+    assert 0 < summary["gpu_busy"] < 1 and doc["load"] is None and doc["notes"] == []
+    # people's text went to stderr: the progress and the listing
+    assert "profile: Fireworks-style GET /profile (2 steps" in r.err and "trace files (2, " in r.err
+
+
+def test_task_profile_json_error_keeps_the_exit_code(project, demo):
+    import json
+
+    with demo() as d:
+        save_record(project, d.proc, d.url, d.log, engine="llama.cpp")
+        r = gpuops(project, "profile", "--json")
+    assert r.code == 2, r.text
+    doc = json.loads(r.out)
+    assert (doc["task"], doc["ok"], doc["error"]["type"], doc["error"]["exit_code"]) == (
+        "profile", False, "UsageError", 2)
+    assert "llama-server has no profiler endpoint" in doc["error"]["hint"]
+    url = f"http://127.0.0.1:{free_port()}"
+    dead = gpuops(project, "profile", "--url", url, "--engine", "demo", "--json")
+    assert dead.code == 7 and json.loads(dead.out)["error"]["exit_code"] == 7

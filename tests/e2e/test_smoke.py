@@ -1,4 +1,5 @@
-"""inv smoke: presets, request shapes, stream parsing, and real requests to real servers.
+"""inv smoke: presets, request shapes, and real requests to real servers (the protocol's parsing is
+tested in tests/unit/test_openai.py, the choice of server in tests/unit/test_target.py).
 
 The demo server (python -m gpuops.demo) is the real OpenAI-compatible server; a raw socket that accepts
 and never answers is the hung server; small http.server servers play ComfyUI and broken servers.
@@ -12,85 +13,28 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import psutil
 import pytest
 
 from gpuops.errors import RequestFailed, UsageError
 from gpuops.probes import smoke
-from gpuops.probes.smoke import SmokeResult, StreamParser, resolve_preset, run_smoke
+from gpuops.probes.smoke import SmokeResult, resolve_preset, run_smoke
 from gpuops.rundir import RunDir
 from gpuops.server.logs import add_log_tail
 from gpuops.settings import DEFAULTS
-from support.fixtures import REPO, free_port, wait_for
+from support.fixtures import free_port, gpuops, repo_pythonpath, save_record, wait_for
+from support.scripted import drain, send
 
 PRESETS = DEFAULTS["smoke_presets"]
 DEMO_MODEL = "acme/tiny-chat-1b"
-
-
-# ---------------------------------------------------------------- the real demo server
-
-
-@dataclass
-class Demo:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-
-def repo_pythonpath() -> str:
-    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-
-
-def _healthy(url: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(f"{url}/health", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@contextmanager
-def running_demo(folder: Path, **env: str):
-    """python -m gpuops.demo on a free port in `folder` (its log there), stopped (and reaped) afterwards."""
-    port = free_port()
-    log = folder / f"demo-{port}.log"
-    environ = {**os.environ, "GPUOPS_DEMO_LOAD_SECONDS": "0.1", "GPUOPS_DEMO_TTFT_MS": "20",
-               "GPUOPS_DEMO_ITL_MS": "2", "GPUOPS_DEMO_PROFILE_DELAY": "0.5", "GPUOPS_DEMO_MODEL": DEMO_MODEL,
-               **env, "PYTHONPATH": repo_pythonpath()}
-    environ.pop("GPUOPS_SERVER", None)
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "gpuops.demo", "--port", str(port)], cwd=folder, stdout=f,
-                                stderr=subprocess.STDOUT, env=environ, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: proc.poll() is not None or _healthy(url), timeout=30, interval=0.05)
-        if not _healthy(url):
-            raise RuntimeError(f"the demo did not come up:\n{log.read_text()}")
-        yield Demo(proc, url, log)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-@pytest.fixture
-def demo(tmp_path):
-    with running_demo(tmp_path) as d:
-        yield d
 BLUE = PRESETS["blue_sky"]["prompt"]
 HELLO = PRESETS["hello"]["prompt"]
+
+# the demo servers of this module (the `demo` fixture): quick, and answering as DEMO_MODEL
+pytestmark = pytest.mark.demo_options(load_seconds=0.1, ttft_ms=20, itl_ms=2, profile_delay=0.5,
+                                      model=DEMO_MODEL)
 
 
 # ---------------------------------------------------------------- presets
@@ -150,26 +94,6 @@ def test_agents_presets_are_laid_over_config_presets():
 
 
 @pytest.mark.parametrize(
-    "url,expected",
-    [
-        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
-        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
-        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000"),
-        ("https://gpu-box:8443/v1/", "https://gpu-box:8443"),
-        ("http://host/proxy/llm", "http://host/proxy/llm"),
-    ],
-)
-def test_base_url_accepts_what_users_paste(url, expected):
-    assert smoke.base_url(url) == expected
-
-
-@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://x", "", "http://"])
-def test_base_url_rejects_non_urls(url):
-    with pytest.raises(UsageError, match="not a server URL"):
-        smoke.base_url(url)
-
-
-@pytest.mark.parametrize(
     "engine,chat,stream,model,path,keys,absent",
     [
         ("vllm", False, True, "m", "/v1/completions", {"prompt", "model", "stream_options"}, {"messages"}),
@@ -200,70 +124,11 @@ def test_unknown_engine_is_a_usage_error():
         smoke.request_for("tgi", prompt="x", max_tokens=1)
 
 
-# ---------------------------------------------------------------- stream parsing
-
-
 def sse(obj) -> str:
     return "data: " + json.dumps(obj)
 
 
-def test_stream_parser_reads_completion_chunks_and_usage():
-    p = StreamParser()
-    pieces = [p.feed(line) for line in [
-        sse({"id": "c", "model": "demo-model", "choices": [{"index": 0, "text": "The", "finish_reason": None}]}),
-        "",
-        ": keep-alive",
-        sse({"choices": [{"index": 0, "text": " sky", "finish_reason": "length"}]}),
-        sse({"choices": [], "usage": {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}}),
-        "data: [DONE]",
-    ]]
-    assert [x for x in pieces if x] == ["The", " sky"]
-    assert (p.text, p.content_chunks, p.usage_tokens, p.finish_reason, p.model, p.done) == (
-        "The sky", 2, 2, "length", "demo-model", True)
-
-
-def test_stream_parser_chat_role_chunk_carries_no_text_and_reasoning_counts():
-    p = StreamParser()
-    assert p.feed(sse({"choices": [{"delta": {"role": "assistant", "content": ""}}]})) == ""
-    assert p.feed(sse({"choices": [{"delta": {"reasoning_content": "Hmm."}}]})) == "Hmm."
-    assert p.feed("data:" + json.dumps({"choices": [{"delta": {"content": "Rayleigh."}}]})) == "Rayleigh."
-    assert (p.text, p.reasoning, p.content_chunks, p.usage_tokens) == ("Rayleigh.", "Hmm.", 2, None)
-
-
-@pytest.mark.parametrize(
-    "line,error,words",
-    [
-        ("data: {not json", smoke.MalformedAnswer, "not JSON"),
-        ("<html>", smoke.MalformedAnswer, "not a server-sent event"),
-        ("data: [1, 2]", smoke.MalformedAnswer, "not an object"),
-        ("data: " + json.dumps({"choices": "x"}), smoke.MalformedAnswer, "not a list"),
-        (sse({"error": {"message": "CUDA error: an illegal memory access", "code": 500}}),
-         smoke.ServerReportedError, "illegal memory access"),
-        ('error: {"code": 500, "message": "slot unavailable"}', smoke.ServerReportedError, "slot unavailable"),
-    ],
-)
-def test_stream_parser_rejects_malformed_and_error_lines(line, error, words):
-    with pytest.raises(error, match=words):
-        StreamParser().feed(line)
-
-
-@pytest.mark.parametrize(
-    "data,expected",
-    [
-        ({"model": "m", "choices": [{"text": "Hi", "finish_reason": "stop"}], "usage": {"completion_tokens": 1}},
-         ("Hi", "", 1, "stop", "m")),
-        ({"choices": [{"message": {"role": "assistant", "content": "Yo"}, "finish_reason": "length"}]},
-         ("Yo", "", None, "length", None)),
-    ],
-)
-def test_parse_whole_reads_non_streamed_answers(data, expected):
-    assert smoke.parse_whole(data) == expected
-
-
-@pytest.mark.parametrize("data", [[], {"choices": []}, {"object": "list"}])
-def test_parse_whole_rejects_answers_without_choices(data):
-    with pytest.raises(smoke.MalformedAnswer):
-        smoke.parse_whole(data)
+# ---------------------------------------------------------------- what to try, what it says
 
 
 @pytest.mark.parametrize(
@@ -273,6 +138,7 @@ def test_parse_whole_rejects_answers_without_choices(data):
         (404, "Not Found", True, "without --chat"),
         (404, "Not Found", False, "--chat"),
         (401, "Unauthorized", False, "--api-key"),
+        (401, "Unauthorized", False, "OPENAI_API_KEY"),
         (400, "Cannot use chat template functions because tokenizer.chat_template is not set", True, "drop --chat"),
         (400, "max_tokens is too large", False, "smaller --max-tokens"),
         (503, "Loading model", False, "still loading"),
@@ -336,61 +202,6 @@ def hung_server():
         yield f"http://127.0.0.1:{s.getsockname()[1]}"
     finally:
         s.close()
-
-
-@contextmanager
-def scripted_servers():
-    """Start real HTTP servers whose GET/POST answers come from a function(handler) -> None; all are shut
-    down on exit. `with scripted_servers() as start: url = start(respond)`"""
-    servers = []
-
-    def start(respond) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):  # noqa: N802
-                respond(self)
-
-            do_POST = do_GET  # noqa: N815
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
-
-
-@pytest.fixture
-def scripted():
-    with scripted_servers() as start:
-        yield start
-
-
-def send(handler, status: int, body: bytes, ctype="application/json", length=True):
-    handler.send_response(status)
-    handler.send_header("Content-Type", ctype)
-    if length:
-        handler.send_header("Content-Length", str(len(body)))
-    else:
-        handler.send_header("Connection", "close")
-    handler.end_headers()
-    handler.wfile.write(body)
-    handler.wfile.flush()
-
-
-def drain(handler):
-    n = int(handler.headers.get("Content-Length") or 0)
-    return json.loads(handler.rfile.read(n)) if n else None
 
 
 def test_smoke_against_dead_port_says_connection_refused():
@@ -537,22 +348,6 @@ def test_log_tail_and_likely_cause_are_added_to_the_error(tmp_path):
 # ---------------------------------------------------------------- the task, as users run it
 
 
-def gpuops(project, *args: str, timeout: float = 60):
-    """The CLI in a project folder; PYTHONPATH so it runs whether or not gpuops is installed."""
-    return project.gpuops(*args, timeout=timeout, env={"PYTHONPATH": repo_pythonpath()})
-
-
-def save_record(project, proc: subprocess.Popen, url: str, log: Path, engine: str = "demo", name: str = "server"):
-    from gpuops.server import state
-
-    rec = state.StateRecord(name=name, pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
-                            pgid=os.getpgid(proc.pid), tag=f"{name}:test", host="127.0.0.1",
-                            port=int(url.rsplit(":", 1)[1]), url=url, log_path=str(log), command="(test)",
-                            cwd=str(project.root), engine=engine)
-    state.save(RunDir(project.run_dir), rec)
-    return rec
-
-
 HUNG_SERVER = """
 import socket, sys, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
@@ -594,16 +389,10 @@ def test_task_smoke_of_dead_url_exits_7_without_traceback(project):
     assert "connection refused" in r.err and url in r.err and "Traceback" not in r.text
 
 
-def crash(proc: subprocess.Popen) -> None:
-    """SIGKILL the server's whole group (as the OOM killer or a segfault would end it) and reap it."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def test_task_smoke_of_crashed_server_says_it_exited_and_shows_its_log(project, tmp_path):
-    with running_demo(tmp_path) as d:
+def test_task_smoke_of_crashed_server_says_it_exited_and_shows_its_log(project, demo):
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log)
-        crash(d.proc)
+        d.kill()
     r = gpuops(project, "smoke")
     assert r.code == 6, r.text
     assert f"server 'server' (pid {d.proc.pid}) has exited" in r.err and "no running server" not in r.err
@@ -611,10 +400,10 @@ def test_task_smoke_of_crashed_server_says_it_exited_and_shows_its_log(project, 
     assert "inv start-server" in r.err and "Traceback" not in r.text
 
 
-def test_task_smoke_names_the_crashed_server_asked_for(project, tmp_path):
-    with running_demo(tmp_path) as d:
+def test_task_smoke_names_the_crashed_server_asked_for(project, demo):
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log, name="big")
-        crash(d.proc)
+        d.kill()
     r = gpuops(project, "smoke", "--server", "big")
     assert r.code == 6, r.text
     assert f"server 'big' (pid {d.proc.pid}) has exited" in r.err and "inv start-server --server big" in r.err
@@ -622,10 +411,10 @@ def test_task_smoke_names_the_crashed_server_asked_for(project, tmp_path):
     assert other.code == 6 and "no running server 'small'" in other.err
 
 
-def test_task_smoke_of_stopped_server_says_it_was_stopped(project, tmp_path):
+def test_task_smoke_of_stopped_server_says_it_was_stopped(project, demo):
     from gpuops.server import state
 
-    with running_demo(tmp_path) as d:
+    with demo() as d:
         rec = save_record(project, d.proc, d.url, d.log)
     rec.stopped_at = time.time()  # as `inv stop-server` leaves the record
     state.save(RunDir(project.run_dir), rec)
@@ -634,10 +423,10 @@ def test_task_smoke_of_stopped_server_says_it_was_stopped(project, tmp_path):
     assert "server 'server' is not running: it was stopped at " in r.err and "lines of" not in r.err
 
 
-def test_task_smoke_url_of_crashed_server_shows_its_log(project, tmp_path):
-    with running_demo(tmp_path) as d:
+def test_task_smoke_url_of_crashed_server_shows_its_log(project, demo):
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log)
-        crash(d.proc)
+        d.kill()
     r = gpuops(project, "smoke", "--url", d.url + "/v1", "--timeout", "5")
     assert r.code == 7, r.text
     assert "connection refused" in r.err
@@ -671,8 +460,8 @@ def test_task_smoke_bad_flags_exit_2_before_any_request(project, args, words):
 # ---------------------------------------------------------------- against the real demo
 
 
-def test_smoke_reports_ttft_from_stream(tmp_path):
-    with running_demo(tmp_path, GPUOPS_DEMO_TTFT_MS="200", GPUOPS_DEMO_ITL_MS="5") as d:
+def test_smoke_reports_ttft_from_stream(demo):
+    with demo(ttft_ms=200, itl_ms=5) as d:
         pieces: list[str] = []
         r = run_smoke(d.url, "demo", prompt="Why is the sky blue?", max_tokens=6, timeout=30, on_text=pieces.append)
     assert r.ttft_s >= 0.2  # the demo waits 200 ms before the first token; our clock starts before sending
@@ -684,33 +473,34 @@ def test_smoke_reports_ttft_from_stream(tmp_path):
 
 
 def test_smoke_chat_without_stream_gets_the_whole_answer(demo):
-    r = run_smoke(demo.url, "demo", prompt="Say hi.", max_tokens=5, stream=False, chat=True, timeout=30)
+    d = demo()
+    r = run_smoke(d.url, "demo", prompt="Say hi.", max_tokens=5, stream=False, chat=True, timeout=30)
     assert (r.endpoint, r.stream, r.ttft_s, r.output_tokens, r.tokens_from) == (
         "/v1/chat/completions", False, None, 5, "usage")
     assert r.text.strip() and "not streamed" in r.summary()
 
 
 def test_smoke_explicit_model_is_sent_as_given(demo):
-    r = run_smoke(demo.url, "openai", prompt="x", max_tokens=2, model="other-name", timeout=30)
+    d = demo()
+    r = run_smoke(d.url, "openai", prompt="x", max_tokens=2, model="other-name", timeout=30)
     assert r.model == "other-name"  # the demo echoes the model it was asked for
 
 
-def test_smoke_of_demo_failing_every_request_shows_its_error(tmp_path):
-    with running_demo(tmp_path, GPUOPS_DEMO_ERROR_EVERY="1") as d, pytest.raises(RequestFailed) as info:
+def test_smoke_of_demo_failing_every_request_shows_its_error(demo):
+    with demo(env={"GPUOPS_DEMO_ERROR_EVERY": "1"}) as d, pytest.raises(RequestFailed) as info:
         run_smoke(d.url, "demo", prompt="x", max_tokens=2, timeout=30)
     assert "HTTP 500" in info.value.message and "simulated internal server error" in info.value.message
 
 
-def test_smoke_against_demo_that_died_names_the_refused_connection(tmp_path):
-    with running_demo(tmp_path) as d:
-        os.killpg(d.proc.pid, signal.SIGKILL)
-        d.proc.wait()
+def test_smoke_against_demo_that_died_names_the_refused_connection(demo):
+    with demo() as d:
+        d.kill()
         with pytest.raises(RequestFailed, match="connection refused"):
             run_smoke(d.url, "demo", prompt="x", max_tokens=2, timeout=5)
 
 
-def test_task_smoke_finds_the_server_from_its_state_record(project, tmp_path):
-    with running_demo(tmp_path) as d:
+def test_task_smoke_finds_the_server_from_its_state_record(project, demo):
+    with demo() as d:
         save_record(project, d.proc, d.url, d.log)
         r = gpuops(project, "smoke", "--preset", "hello", "--max-tokens", "4")
     assert r.code == 0, r.text
@@ -720,29 +510,32 @@ def test_task_smoke_finds_the_server_from_its_state_record(project, tmp_path):
 
 
 def test_task_smoke_chat_no_stream_flags(project, demo):
-    r = gpuops(project, "smoke", "--url", demo.url, "--chat", "--no-stream", "--prompt", "Ping?", "--max-tokens", "3")
+    d = demo()
+    r = gpuops(project, "smoke", "--url", d.url, "--chat", "--no-stream", "--prompt", "Ping?", "--max-tokens", "3")
     assert r.code == 0, r.text
-    assert f"POST {demo.url}/v1/chat/completions  (model {DEMO_MODEL}, no stream)" in r.out
+    assert f"POST {d.url}/v1/chat/completions  (model {DEMO_MODEL}, no stream)" in r.out
     assert "prompt: Ping?" in r.out and "3 tokens in " in r.out and "not streamed" in r.out
 
 
 def test_task_smoke_chat_from_config_and_completion_flag_overrides_it(project, demo):
+    d = demo()
     env = {"PYTHONPATH": repo_pythonpath(), "INVOKE_GPUOPS_SMOKE_CHAT": "1"}  # as `smoke_chat: true` in invoke.yaml
-    args = ("smoke", "--url", demo.url, "--prompt", "Ping?", "--max-tokens", "2")
+    args = ("smoke", "--url", d.url, "--prompt", "Ping?", "--max-tokens", "2")
     chat = project.gpuops(*args, env=env)
     plain = project.gpuops(*args, "--completion", env=env)
     both = project.gpuops(*args, "--chat", "--completion", env=env)
-    assert chat.code == 0 and f"POST {demo.url}/v1/chat/completions " in chat.out, chat.text
-    assert plain.code == 0 and f"POST {demo.url}/v1/completions " in plain.out, plain.text
+    assert chat.code == 0 and f"POST {d.url}/v1/chat/completions " in chat.out, chat.text
+    assert plain.code == 0 and f"POST {d.url}/v1/completions " in plain.out, plain.text
     assert both.code == 2 and "--chat and --completion contradict each other" in both.err
 
 def test_task_smoke_uses_presets_from_invoke_yaml(project, demo):
+    d = demo()
     # as in a repository: tasks.py at the root, invoke.yaml next to it
-    (project.root / "tasks.py").write_text("from gpuops.cli import ns  # noqa: F401\n")
+    (project.root / "tasks.py").write_text("from gpuops.cli import project_tasks\n\nns = project_tasks(__file__)\n")
     (project.root / "invoke.yaml").write_text(
         "gpuops:\n  smoke_presets:\n    mine:\n      prompt: Name a colour.\n      max_tokens: 2\n")
     inv = Path(sys.executable).with_name("inv")
-    proc = subprocess.run([str(inv), "smoke", "--url", demo.url, "--preset", "mine"], cwd=project.root,
+    proc = subprocess.run([str(inv), "smoke", "--url", d.url, "--preset", "mine"], cwd=project.root,
                           capture_output=True, text=True, timeout=60,
                           env={**project.env, "PYTHONPATH": repo_pythonpath()})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -768,8 +561,9 @@ python -m gpuops.demo --port 8000
 @pytest.mark.parametrize("preset,prompt,tokens", [("agents", "From the agents file.", 3),
                                                   ("hello", "Overridden hello.", 2)])
 def test_task_smoke_uses_presets_from_agents_file_over_config(project, demo, preset, prompt, tokens):
+    d = demo()
     project.write_agents(AGENTS_WITH_PRESETS)
-    r = gpuops(project, "smoke", "--url", demo.url, "--preset", preset)
+    r = gpuops(project, "smoke", "--url", d.url, "--preset", preset)
     assert r.code == 0, r.text
     assert f"prompt: {prompt}" in r.out and f"{tokens} tokens in " in r.out
 
@@ -865,9 +659,9 @@ def test_auto_smoke_sends_the_plan_and_returns_the_summary(scripted):
     assert path == "/v1/chat/completions" and body["messages"][0]["content"] == "Ping?" and body["max_tokens"] == 3
 
 
-def test_auto_smoke_failure_is_one_short_line_and_an_error_with_the_server_log(tmp_path):
+def test_auto_smoke_failure_is_one_short_line_and_an_error_with_the_server_log(demo):
 
-    with running_demo(tmp_path, GPUOPS_DEMO_ERROR_EVERY="1") as d:
+    with demo(env={"GPUOPS_DEMO_ERROR_EVERY": "1"}) as d:
         line, err = smoke.auto_smoke(smoke.SmokePlan("Ping?", 2, timeout=30), record_for(d.url, d.log))
     # the banner's url row names the server and the error follows the banner: one line, no repeats
     assert line.startswith("FAILED: POST /v1/completions answered HTTP 500: simulated internal server error")
@@ -916,3 +710,80 @@ def test_start_server_smoke_uses_the_presets_of_its_agents_file(project, port):
     assert r.code == 0, r.text
     smoke_line = next(line for line in r.out.splitlines() if line.strip().startswith("smoke "))
     assert "3 tokens in " in smoke_line
+
+
+# ---------------------------------------------------------------- --json, settings from config, which server
+
+
+def test_task_smoke_json_is_one_document_and_the_text_goes_to_stderr(project, demo):
+    with demo() as d:
+        save_record(project, d.proc, d.url, d.log)
+        r = gpuops(project, "smoke", "--preset", "hello", "--max-tokens", "4", "--json")
+    assert r.code == 0, r.text
+    doc = json.loads(r.out)  # stdout holds the document and nothing else
+    assert (doc["schema"], doc["task"], doc["ok"], doc["server"]) == (1, "smoke", True, "server")
+    assert (doc["url"], doc["engine"], doc["endpoint"], doc["model"], doc["stream"]) == (
+        d.url, "demo", "/v1/completions", DEMO_MODEL, True)
+    assert (doc["prompt"], doc["output_tokens"], doc["tokens_from"], doc["finish_reason"]) == (
+        HELLO, 4, "usage", "length")
+    assert doc["text"].strip() and doc["reasoning"] == "" and doc["details"] == []
+    assert 0 < doc["ttft_s"] <= doc["total_s"] and doc["decode_tok_s"] > 0 and doc["prompt_tokens"] > 0
+    assert f"POST {d.url}/v1/completions" in r.err and "4 tokens in " in r.err
+
+
+@pytest.mark.parametrize("args,code,kind", [(["--url", "DEAD", "--timeout", "5"], 7, "RequestFailed"),
+                                             ([], 6, "ServerNotRunning"),
+                                             (["--preset", "nope"], 2, "UsageError")])
+def test_task_smoke_json_failure_is_a_document_with_the_same_exit_code(project, args, code, kind):
+    args = [f"http://127.0.0.1:{free_port()}" if a == "DEAD" else a for a in args]
+    r = gpuops(project, "smoke", "--json", *args)
+    assert r.code == code, r.text
+    doc = json.loads(r.out)
+    assert (doc["schema"], doc["task"], doc["ok"]) == (1, "smoke", False)
+    assert (doc["error"]["type"], doc["error"]["exit_code"]) == (kind, code) and doc["error"]["message"]
+    assert "error: " in r.err  # people still read the error
+
+
+def test_task_smoke_takes_json_and_timeout_from_config(project, demo):
+    d = demo()
+    env = {"PYTHONPATH": repo_pythonpath(), "INVOKE_GPUOPS_JSON": "true"}
+    ok = project.gpuops("smoke", "--url", d.url, "--prompt", "Ping?", "--max-tokens", "2", env=env)
+    assert ok.code == 0 and json.loads(ok.out)["output_tokens"] == 2, ok.text
+    (project.root / "gpuops.yaml").write_text("gpuops:\n  smoke_timeout: soon\n")
+    bad = gpuops(project, "-f", "gpuops.yaml", "smoke", "--url", d.url)
+    assert bad.code == 2 and "gpuops.smoke_timeout must be a number above 0, not 'soon'" in bad.err, bad.text
+
+
+TWO_SERVERS = """\
+## Server: {first}
+
+```bash
+python -m gpuops.demo --port 8001
+```
+
+## Server: {second}
+
+```bash
+python -m gpuops.demo --port 8002
+```
+"""
+
+
+def test_task_smoke_of_two_running_servers_talks_to_the_first_recipes(project, demo):
+    with demo() as d:
+        save_record(project, d.proc, d.url, d.log, name="big")
+        rec = save_record(project, d.proc, d.url, d.log, name="small")
+        rec.started_at += 60  # the newer one: no longer what is chosen
+        from gpuops.server import state
+
+        state.save(RunDir(project.run_dir), rec)
+        project.write_agents(TWO_SERVERS.format(first="big", second="small"))
+        first = gpuops(project, "smoke", "--max-tokens", "2", "--json")
+        project.write_agents(TWO_SERVERS.format(first="other", second="small"))
+        neither = gpuops(project, "smoke", "--max-tokens", "2")
+        named = gpuops(project, "smoke", "--max-tokens", "2", "--server", "small", "--json")
+    assert first.code == 0, first.text
+    assert json.loads(first.out)["server"] == "big"
+    assert neither.code == 2, neither.text
+    assert "2 servers are running (big, small): which one?" in neither.err and "--server" in neither.err
+    assert named.code == 0 and json.loads(named.out)["server"] == "small", named.text

@@ -44,3 +44,12 @@ def test_loading_the_tasks_imports_no_heavy_module():
             "print(' '.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def test_no_task_has_one_letter_flags_so_a_letter_never_means_two_things():
+    """Invoke would pick each task's short flags from its own flag names (`-a` was --all in one task and
+    --agents-file in another): gpuops turns them off everywhere; only long flags, and -h for help."""
+    code = ("import json; from gpuops.cli import ns\n"
+            "print(json.dumps({n: [a.names for a in ns[n].get_arguments() if len(a.names) > 1] for n in ns.task_names}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == {name: [] for name in TASKS}

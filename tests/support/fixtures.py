@@ -1,4 +1,9 @@
-"""Shared fixtures (loaded as a pytest plugin, see pyproject): a throwaway project folder, the gpuops CLI run for real, free ports, cleanup."""
+"""Shared fixtures (loaded as a pytest plugin, see pyproject): a throwaway project folder, the gpuops CLI run for real, free ports, cleanup.
+
+Fixtures: `project`, `port`, `stranger`, `demo` (demo servers, tests/support/demo.py), `scripted` (HTTP servers
+with scripted answers, tests/support/scripted.py). Test modules import helpers from here and from those modules,
+never from another test module.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support.demo import DemoServer
+from support.scripted import scripted_servers
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "demo_options(**options): defaults for the servers the demo fixture "
+                                       "starts in this module, class or test (options of DemoServer.start)")
+
+
+def repo_pythonpath() -> str:
+    """PYTHONPATH with this checkout first: a subprocess imports this gpuops, installed or not."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def free_port() -> int:
@@ -98,6 +116,25 @@ class Project:
         return json.loads((self.run_dir / "state" / f"{name}.json").read_text())
 
 
+def gpuops(project: Project, *args: str, timeout: float = 60) -> Result:
+    """The CLI in a project folder, importing this checkout's gpuops (see repo_pythonpath)."""
+    return project.gpuops(*args, timeout=timeout, env={"PYTHONPATH": repo_pythonpath()})
+
+
+def save_record(project: Project, proc: subprocess.Popen, url: str, log: Path | None, engine: str = "demo",
+                name: str = "server"):
+    """A state record in the project for a server the test started, as `inv start-server` leaves one."""
+    from gpuops.rundir import RunDir
+    from gpuops.server import state
+
+    rec = state.StateRecord(name=name, pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
+                            pgid=os.getpgid(proc.pid), tag=f"{name}:test", host="127.0.0.1",
+                            port=int(url.rsplit(":", 1)[1]), url=url, log_path=str(log) if log else "",
+                            command="(test)", cwd=str(project.root), engine=engine)
+    state.save(RunDir(project.run_dir), rec)
+    return rec
+
+
 @pytest.fixture
 def project(tmp_path):
     proj = Project(tmp_path)
@@ -132,6 +169,36 @@ def stranger():
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+@pytest.fixture
+def demo(request, tmp_path):
+    """Start demo servers: demo(*args, **options) -> DemoServer, once healthy (wait=False: at once, for
+    servers that crash or hang). Options: those of DemoServer.start (ttft_ms=..., env={...}, log=False, ...),
+    defaults from a `demo_options` mark; folder (tmp_path) and port (a free one). `with demo() as d:` stops
+    it at the block's end; every server started is stopped afterwards, with its workers."""
+    mark = request.node.get_closest_marker("demo_options")
+    defaults = mark.kwargs if mark else {}
+    started: list[DemoServer] = []
+
+    def start(*args: str, folder: Path | None = None, port: int | None = None, wait: bool = True,
+              **options) -> DemoServer:
+        options = {**defaults, **options}
+        env = {"PYTHONPATH": repo_pythonpath(), **(options.pop("env", None) or {})}
+        server = DemoServer.start(folder or tmp_path, *args, port=port or free_port(), env=env, **options)
+        started.append(server)
+        return server.wait_healthy() if wait else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def scripted():
+    """Start HTTP servers with scripted answers: scripted(respond) -> url (see tests/support/scripted.py)."""
+    with scripted_servers() as start:
+        yield start
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):

@@ -89,3 +89,30 @@ def test_diagnose_prefers_the_specific_cause_over_the_wrapper():
 
 def test_diagnose_quiet_log_has_no_cause():
     assert diagnose(["Loading safetensors checkpoint shards: 50% Completed"]) is None
+
+
+@pytest.mark.parametrize(
+    "tail, line",
+    [
+        # a wrapper's log line names the cause first; the traceback's exception line says more
+        (["ERROR 11-22 10:15:01 [core.py:700] EngineCore failed to start: CUDA out of memory",
+          "Traceback (most recent call last):", '  File "worker.py", line 9, in load',
+          "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 79.1 GiB in use"],
+         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 79.1 GiB in use"),
+        # two tracebacks with the same cause: the last one is the one that ended the start
+        (["RuntimeError: CUDA error: out of memory (rank 1)", "Traceback (most recent call last):",
+          "torch.OutOfMemoryError: CUDA out of memory (rank 0)"],
+         "torch.OutOfMemoryError: CUDA out of memory (rank 0)"),
+        # the specific signature wins over a wrapper's exception line below it
+        (["ERROR cudaMalloc failed: out of memory", "RuntimeError: Engine core initialization failed. See root "
+          "cause above."], "ERROR cudaMalloc failed: out of memory"),
+        # no exception line carries the signature: the first line that does
+        (["WARN ggml: cudaMalloc failed: out of memory", "WARN ggml: cudaMalloc failed: out of memory (retry)",
+          "KeyError: 'unrelated'"], "WARN ggml: cudaMalloc failed: out of memory"),
+        # no signature at all: the last exception line
+        (["Traceback (most recent call last):", "KeyError: 'rope_scaling'", "Traceback (most recent call last):",
+          "ValueError: bad config"], "ValueError: bad config"),
+    ],
+)
+def test_diagnose_takes_the_last_exception_line_that_carries_the_winning_signature(tail, line):
+    assert diagnose(tail).line == line

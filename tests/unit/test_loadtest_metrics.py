@@ -11,7 +11,7 @@ import pytest
 from gpuops.errors import UsageError
 from gpuops.probes.loadtest import metrics, options, prompts, report
 from gpuops.probes.loadtest.arrivals import ArrivalSchedule, due_count
-from gpuops.probes.loadtest.openai_stream import (
+from gpuops.probes.openai import (
     DONE,
     StreamFormatError,
     chunk_text,
@@ -609,3 +609,167 @@ def test_summary_groups_failures_that_differ_only_in_numbers():
     records = [_rec(i, float(i), None, [], None, ok=False, error=f"HTTP 500: boom in request {i}", kind="http")
                for i in range(3)]
     assert metrics.summarize(records)["failure_reasons"] == {"HTTP 500: boom in request N": 3}
+
+
+# ---------------------------------------------------------------- settings: every load-test flag from config
+
+LOAD_BLOCK = "## Server\n\n```bash\npython -m gpuops.demo --port 9\n```\n\n## Load test\n\n```bash\n{flags}\n```\n"
+
+# setting key -> (environment values, what the options then hold); one entry per load-test row
+FROM_CONFIG = {
+    "load_users": ({"LOAD_USERS": "7"}, {"users": 7, "spawn_rate": 7.0}),
+    "load_spawn_rate": ({"LOAD_SPAWN_RATE": "2.5"}, {"spawn_rate": 2.5}),
+    "load_run_time": ({"LOAD_RUN_TIME": "1m30s"}, {"run_time_s": 90}),
+    "load_prompt_tokens": ({"LOAD_PROMPT_TOKENS": "40"}, {"prompt_tokens": 40}),
+    "load_max_tokens": ({"LOAD_MAX_TOKENS": "12"}, {"max_tokens": 12}),
+    "load_stream": ({"LOAD_STREAM": "false"}, {"stream": False}),
+    "load_chat": ({"LOAD_CHAT": "true"}, {"api": "chat"}),
+    "load_qps": ({"LOAD_QPS": "3"}, {"qps": 3.0, "mode": "qps"}),
+    "load_arrival": ({"LOAD_ARRIVAL": "constant", "LOAD_QPS": "2"}, {"arrival": "constant"}),
+    "load_seed": ({"LOAD_SEED": "5"}, {"seed": 5}),
+    "load_workers": ({"LOAD_WORKERS": "3"}, {"workers": 3}),
+    "load_sweep": ({"LOAD_SWEEP": "1,2"}, {"sweep": (1.0, 2.0)}),
+    "load_detach": ({"LOAD_DETACH": "yes"}, {"detach": True}),
+    "load_web": ({"LOAD_WEB": "1"}, {"web": True}),
+    "load_shared_prefix": ({"LOAD_SHARED_PREFIX": "true"}, {"shared_prefix": True}),
+    "load_slo_ttft_ms": ({"LOAD_SLO_TTFT_MS": "500"}, {"slo_ttft_ms": 500.0}),
+    "load_slo_tpot_ms": ({"LOAD_SLO_TPOT_MS": "50"}, {"slo_tpot_ms": 50.0}),
+    "load_slo_e2el_ms": ({"LOAD_SLO_E2EL_MS": "900"}, {"slo_e2el_ms": 900.0}),
+    "load_request_timeout": ({"LOAD_REQUEST_TIMEOUT": "20"}, {"request_timeout": 20.0}),
+    "load_out": ({"LOAD_OUT": "reports/x"}, {"out": "reports/x"}),
+    "server": ({"SERVER": "second"}, {"server": "second"}),
+    "url": ({"URL": "http://gpu-box:8000/v1"}, {"url": "http://gpu-box:8000"}),
+    "model": ({"MODEL": "Qwen/Qwen3-8B"}, {"model": "Qwen/Qwen3-8B"}),
+    "agents_file": ({"AGENTS_FILE": "other.md"}, {"users": 9}),  # other.md's block says --users 9
+    "json": ({"JSON": "true"}, {"json": True}),
+}
+
+
+def _load_test_rows() -> list[str]:
+    from gpuops.settings import SETTINGS
+
+    return sorted(key for key, s in SETTINGS.items() if "load-test" in s.flags)
+
+
+@pytest.fixture
+def captured_load_test(monkeypatch, tmp_path):
+    """Run `inv load-test ARGS` in-process in an empty folder, stopping at the use case: what reached it."""
+    from invoke import Program
+
+    from gpuops.cli import ns
+    from gpuops.errors import GpuopsError
+    from gpuops.probes.loadtest import command
+
+    monkeypatch.chdir(tmp_path)
+    for name in list(__import__("os").environ):
+        if name.startswith("INVOKE_GPUOPS_"):
+            monkeypatch.delenv(name)
+    seen = {}
+
+    def use_case(cli, *, config, agents_file, run_dir, write, json=False):
+        seen["opts"] = command.resolve_options(cli, config=config, agents_file=agents_file)
+        seen["json"] = json
+        raise GpuopsError("stopped before any load (test)")
+
+    monkeypatch.setattr(command, "load_test", use_case)
+
+    def run(*args: str, env: dict | None = None) -> dict:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(f"INVOKE_GPUOPS_{name}", value)
+        seen.clear()
+        with pytest.raises(SystemExit):
+            Program(namespace=ns).run(["inv", "load-test", *args])
+        return seen
+
+    return run
+
+
+def test_every_load_test_setting_has_a_config_case():
+    assert set(_load_test_rows()) <= set(FROM_CONFIG)
+    assert {"load_users", "load_run_time", "load_max_tokens", "server", "agents_file", "json"} <= set(
+        _load_test_rows())
+
+
+@pytest.mark.parametrize("key", sorted(FROM_CONFIG))
+def test_every_load_test_flag_is_settable_from_invoke_gpuops_env(captured_load_test, tmp_path, key):
+    from gpuops.settings import SETTINGS
+
+    if key not in SETTINGS or "load-test" not in SETTINGS[key].flags:
+        pytest.skip(f"no load-test row '{key}' in gpuops.settings yet")
+    (tmp_path / "other.md").write_text(LOAD_BLOCK.format(flags="--users 9"))
+    env, expected = FROM_CONFIG[key]
+
+    seen = captured_load_test(env=env)
+
+    assert seen, "the use case was not reached"
+    opts = seen["opts"]
+    got = {name: (seen["json"] if name == "json" else getattr(opts, name)) for name in expected}
+    assert got == expected
+    assert seen["json"] is (key == "json")
+
+
+def test_load_test_flag_beats_config_beats_the_block_beats_the_builtin_default(captured_load_test, tmp_path):
+    (tmp_path / "AGENTS.local.md").write_text(LOAD_BLOCK.format(flags="--users 2 --max-tokens 10 --run-time 5s"))
+
+    opts = captured_load_test("--users", "4", env={"LOAD_USERS": "3", "LOAD_MAX_TOKENS": "11"})["opts"]
+
+    assert opts.users == 4  # the flag
+    assert opts.max_tokens == 11  # config over the block
+    assert opts.run_time_s == 5  # the block over the built-in default
+    assert opts.prompt_tokens == 128 and opts.request_timeout == 300.0  # the built-in defaults
+
+
+def test_config_yes_no_settings_are_turned_off_by_their_no_flag(captured_load_test):
+    opts = captured_load_test("--no-stream", "--completion", "--no-shared-prefix",
+                              env={"LOAD_STREAM": "true", "LOAD_CHAT": "true", "LOAD_SHARED_PREFIX": "true"})["opts"]
+    assert (opts.stream, opts.api, opts.shared_prefix) == (False, "completion", False)
+
+
+def test_config_qps_is_turned_off_by_qps_off_on_the_command_line(captured_load_test):
+    opts = captured_load_test("--qps", "off", env={"LOAD_QPS": "4"})["opts"]
+    assert opts.mode == "users" and opts.users == options.DEFAULT_USERS
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"LOAD_USERS": "lots"}, ["--users 'lots' (from gpuops.load_users)", "whole number"]),
+    ({"LOAD_RUN_TIME": "soon"}, ["--run-time 'soon' (from gpuops.load_run_time)"]),
+    ({"LOAD_STREAM": "maybe"}, ["gpuops.load_stream must be true or false"]),
+    ({"LOAD_SWEEP": "1,,x"}, ["--sweep '1,,x' (from gpuops.load_sweep)"]),
+])
+def test_a_bad_config_value_names_the_setting(captured_load_test, capsys, env, words):
+    seen = captured_load_test(env=env)
+    err = capsys.readouterr().err
+    assert not seen and all(w in err for w in words), err
+    assert "Traceback" not in err
+
+
+def test_load_test_help_shows_the_builtin_defaults_of_settings_whose_config_default_is_unset():
+    from gpuops.settings import SETTINGS, help_for
+
+    helps = help_for("load-test")
+    assert SETTINGS["load_users"].default is None and "(default 4)" in helps["users"]
+    assert "(default 30s)" in helps["run-time"] and "(default 300)" in helps["request-timeout"]
+
+
+def test_builtin_defaults_are_the_settings_shown_defaults():
+    from gpuops.settings import SETTINGS
+
+    opts = options.build_options({})
+    assert opts.users == SETTINGS["load_users"].shown
+    assert opts.run_time_s == options.parse_timespan(SETTINGS["load_run_time"].shown)
+    for key in ("prompt_tokens", "max_tokens", "arrival", "seed", "workers", "stream", "shared_prefix"):
+        assert getattr(opts, key) == SETTINGS[f"load_{key}"].shown, key
+    assert opts.request_timeout == SETTINGS["load_request_timeout"].shown
+
+
+def test_both_flags_of_a_yes_no_pair_contradict_each_other():
+    with pytest.raises(UsageError, match="--chat and --completion contradict"):
+        options.from_command_line({"chat": True, "completion": True})
+
+
+def test_charts_are_skipped_with_a_warning_without_matplotlib(monkeypatch):
+    import sys
+
+    assert report.charts_available()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert not report.charts_available()

@@ -1,6 +1,6 @@
 """`inv load-test --detach`: the load test as its own process, writing to its log, surviving the terminal.
 
-    >>> proc = start(report_dir / "plan.json", log_path)     # in the `inv` process
+    proc = start(report_dir / "plan.json", log_path)     # in the `inv` process
     $ python -m gpuops.probes.loadtest.background do_not_commit/load_tests/20261122-101500/plan.json   # what it runs
 
 The detached process runs exactly what the foreground command runs (runner.execute) with its

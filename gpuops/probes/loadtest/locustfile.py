@@ -38,12 +38,13 @@ from locust import User, events, task
 from gpuops.probes.loadtest import prompts
 from gpuops.probes.loadtest.arrivals import ArrivalSchedule
 from gpuops.probes.loadtest.metrics import reason_key, tpot_ms
-from gpuops.probes.loadtest.openai_stream import (
+from gpuops.probes.openai import (
     API_PATHS,
     DONE,
     StreamFormatError,
     chunk_text,
     error_message,
+    headers,
     parse_sse_line,
     request_body,
     usage_tokens,
@@ -152,7 +153,7 @@ def _excerpt(raw: bytes) -> str:
     try:
         data = json.loads(text)
         if isinstance(data, dict):
-            msg = error_message(data) or data.get("detail") or data.get("message")
+            msg = error_message(data)
             if msg:
                 text = str(msg)
     except ValueError:
@@ -180,7 +181,14 @@ def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: 
     resp = None
     try:
         try:
-            resp = http.request("POST", path, body=payload, headers=headers)
+            try:
+                resp = http.request("POST", path, body=payload, headers=headers)
+            except HTTPConnectionClosed:
+                # A kept-alive connection the server closed after its last answer (llama.cpp's server does
+                # after every stream, although it announces keep-alive): the request never reached it.
+                # Send it once more on a fresh connection, timed from the new send.
+                t0 = time.perf_counter()
+                resp = http.request("POST", path, body=payload, headers=headers)
         except ConnectionRefusedError:
             return _fail(rec, t0, "connect", "connection refused")
         except TimeoutError:
@@ -297,11 +305,7 @@ class LLMUser(User):
 
     def on_start(self):
         self.http = self._client()
-        self.headers = {"Content-Type": "application/json",
-                        "Accept": "text/event-stream" if PLAN["stream"] else "application/json"}
-        key = os.environ.get("OPENAI_API_KEY")
-        if key:
-            self.headers["Authorization"] = f"Bearer {key}"
+        self.headers = headers(PLAN["stream"])  # with OPENAI_API_KEY as a Bearer token when it is set
         self._warm_up()
         STATE.start(self.environment)  # after the warm-up: a --qps schedule starts when users are ready
 

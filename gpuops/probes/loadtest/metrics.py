@@ -1,8 +1,7 @@
 """From raw per-request records to the statistics people compare, named as `vllm bench serve` names them.
 
-    >>> s = summarize(read_records(Path("do_not_commit/load_tests/20261122-101500/records.jsonl")))
-    >>> s["completed"], s["median_ttft_ms"], s["p99_tpot_ms"], s["output_throughput"]
-    (412, 101.3, 20.4, 1311.7)
+    s = summarize(read_records(Path("do_not_commit/load_tests/20261122-101500/records.jsonl")))
+    s["completed"], s["median_ttft_ms"], s["p99_tpot_ms"], s["output_throughput"]   # -> (412, 101.3, 20.4, 1311.7)
 
 Definitions (per request, then over the run):
     TTFT   time from sending the request to the first chunk that carries generated text
@@ -249,8 +248,9 @@ def peak_in_flight(records: list[dict]) -> tuple[int, dict[int, int]]:
 def behind_cause(summary: dict, records: list[dict], *, users: int, spawn_rate: float, workers: int = 1) -> str:
     """What held the open-loop client back, as advice: the in-flight cap, the spawn rate, or the CPU.
 
-        >>> behind_cause(s, records, users=4, spawn_rate=4.0)
-        'all 4 users were busy at once: in --qps mode --users caps the requests in flight; raise --users'
+    >>> records = [{"start": 0.0, "end": 2.0} for _ in range(4)]   # 4 requests in flight at once
+    >>> behind_cause({}, records, users=4, spawn_rate=4.0)
+    'all 4 users were busy at once: in --qps mode --users caps the requests in flight; raise --users'
     """
     total, per_worker = peak_in_flight(records)
     share = max(1, users // max(1, workers))

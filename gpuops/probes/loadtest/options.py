@@ -1,9 +1,12 @@
-"""Load-test flags -> one validated LoadTestOptions; AGENTS.local.md's `## Load test` block under the command line.
+"""Load-test flags -> one validated LoadTestOptions, from four layers, highest first: the command
+line > Invoke's config (invoke.yaml, INVOKE_GPUOPS_LOAD_*) > AGENTS.local.md's `## Load test` block >
+the built-in defaults (gpuops.settings' `shown` of each `load_*` row).
 
     >>> recipe = parse_flag_words(["--users", "4", "--run-time", "20s", "--no-stream"], source="AGENTS.local.md")
-    >>> opts = build_options(merge(recipe, {"users": "8"}))       # the command line wins
+    >>> config = from_config({"load_run_time": "10s"}.get)          # c.config.gpuops.get in a task
+    >>> opts = build_options(merge(recipe, {"users": "8"}, config))  # the command line wins, then config
     >>> opts.users, opts.run_time_s, opts.stream, opts.mode
-    (8, 20, False, 'users')
+    (8, 10, False, 'users')
 
 Every bad value is a UsageError (exit 2) that names the flag, the value, where it came from and
 what is accepted. A flag the block sets can be turned off on the command line: `--qps off`,
@@ -21,8 +24,23 @@ from dataclasses import asdict, dataclass, replace
 
 from gpuops.errors import UsageError
 from gpuops.probes.loadtest.arrivals import ARRIVALS
+from gpuops.settings import SETTINGS
 
-DEFAULT_USERS = 4
+# option key -> setting key (gpuops.<key> in Invoke's config); `chat` stands for the option `api`
+SETTING_OF = {key: f"load_{key}" for key in (
+    "users", "spawn_rate", "run_time", "prompt_tokens", "max_tokens", "stream", "chat", "qps", "arrival", "seed",
+    "workers", "sweep", "detach", "web", "shared_prefix", "slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms",
+    "request_timeout", "out")}
+SETTING_OF.update({"model": "model", "url": "url", "server": "server"})
+
+
+def builtin(option: str):
+    """The built-in default of an option: the `shown` default of its row in gpuops.settings."""
+    row = SETTINGS.get(SETTING_OF[option])
+    return None if row is None else row.shown
+
+
+DEFAULT_USERS = builtin("users")
 DEFAULT_QPS_USERS = 64  # in --qps mode --users caps requests in flight; a generous cap keeps the loop open
 MAX_WORKERS = 256
 
@@ -62,30 +80,41 @@ SLO_KEYS = ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms")
 _TIMESPAN = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
 
+def parse_timespan(text) -> int | None:
+    """'90', '90s', '1m30s', '2h' -> seconds; None if it is not one."""
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    m = _TIMESPAN.match(text)
+    if not text or not m:
+        return None
+    return int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + int(m["s"] or 0)
+
+
 @dataclass(frozen=True)
 class LoadTestOptions:
     users: int = DEFAULT_USERS
     spawn_rate: float = float(DEFAULT_USERS)
-    run_time_s: int = 30
-    prompt_tokens: int = 128
-    max_tokens: int = 64
-    stream: bool = True
-    api: str = "completion"  # or "chat"
+    run_time_s: int = parse_timespan(builtin("run_time"))
+    prompt_tokens: int = builtin("prompt_tokens")
+    max_tokens: int = builtin("max_tokens")
+    stream: bool = builtin("stream")
+    api: str = "chat" if builtin("chat") else "completion"
     model: str | None = None
     qps: float | None = None
-    arrival: str = "poisson"
-    seed: int = 0
-    workers: int = 1
+    arrival: str = builtin("arrival")
+    seed: int = builtin("seed")
+    workers: int = builtin("workers")
     sweep: tuple[float, ...] = ()
-    shared_prefix: bool = False
+    shared_prefix: bool = builtin("shared_prefix")
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     slo_e2el_ms: float | None = None
-    request_timeout: float = 300.0
+    request_timeout: float = float(builtin("request_timeout"))
     url: str | None = None
     server: str | None = None
-    web: bool = False
-    detach: bool = False
+    web: bool = builtin("web")
+    detach: bool = builtin("detach")
     out: str | None = None
 
     @property
@@ -143,11 +172,111 @@ def parse_flag_words(words: list[str], source: str) -> dict:
     return {k: (v, source) for k, v in values.items()}
 
 
-def merge(recipe: dict, cli: dict) -> dict:
-    """{key: (value, source)}: the AGENTS.local.md values, with the command line's laid over them."""
+def merge(recipe: dict, cli: dict, config: dict | None = None) -> dict:
+    """{key: (value, source)}: the AGENTS.local.md values, config's (from_config) over them, the command
+    line's over both."""
     merged = dict(recipe)
+    merged.update(config or {})
     merged.update({k: (v, "command line") for k, v in cli.items() if v is not None})
     return merged
+
+
+PAIRS = (("stream", "no_stream", "stream"), ("chat", "completion", "api"),
+         ("shared_prefix", "no_shared_prefix", "shared_prefix"))  # yes flag, no flag, option key
+
+
+def from_command_line(flags: dict) -> dict:
+    """{option key: value} from a task's keyword arguments (None: not given). Each pair of yes/no flags
+    (--stream/--no-stream, --chat/--completion, --shared-prefix/--no-shared-prefix) becomes one option;
+    both of a pair is a UsageError.
+
+    >>> from_command_line({"users": "8", "no_stream": True, "chat": False, "completion": False})
+    {'users': '8', 'stream': False}
+    """
+    cli = dict(flags)
+    for yes, no, key in PAIRS:
+        given_yes, given_no = cli.pop(yes, False), cli.pop(no, False)
+        if given_yes and given_no:
+            a, b = yes.replace("_", "-"), no.replace("_", "-")
+            raise UsageError(f"--{a} and --{b} contradict each other", hint=f"give one of --{a}, --{b}")
+        if given_yes or given_no:
+            cli[key] = ("chat" if given_yes else "completion") if key == "api" else bool(given_yes)
+    for key in ("web", "detach"):
+        if key in cli:
+            cli[key] = cli[key] or None  # a yes/no flag not given is False: let lower layers speak
+    return {k: v for k, v in cli.items() if v is not None}
+
+
+def from_config(get) -> dict:
+    """{option key: (value, 'gpuops.<setting>')} for every load-test setting set in Invoke's config
+    (`get`: c.config.gpuops.get). Yes/no values from INVOKE_GPUOPS_* arrive as text; they are read here."""
+    from gpuops.settings import flag
+
+    layer = {}
+    for key, setting in SETTING_OF.items():
+        value = get(setting)
+        if value is None:
+            continue
+        source = f"gpuops.{setting}"
+        if key in ("stream", "shared_prefix", "web", "detach", "chat"):
+            value = flag(source, value)
+        if key == "chat":
+            key, value = "api", ("chat" if value else "completion")
+        layer[key] = (value, source)
+    return layer
+
+
+def check_value(key: str, value, source: str = "command line"):
+    """One option's value checked on its own (no defaults, no combinations); UsageError names the flag
+    and where the value came from. `key` is an option key ('users', 'run_time', ...; 'chat' for the api).
+
+    >>> check_value("run_time", "1m30s"), check_value("qps", "off"), check_value("chat", "true")
+    (90, None, True)
+    """
+    if value is None:
+        return None
+    if source.startswith("--"):  # gpuops.settings.check(..., flag="--users"): the flag names itself
+        source = "command line"
+    if key in ("prompt_tokens", "max_tokens"):
+        return _int(key, value, source, 1, 1_000_000)
+    if key == "users":
+        return _int(key, value, source, 1, 100_000)
+    if key == "workers":
+        return _int(key, value, source, 1, MAX_WORKERS)
+    if key == "seed":
+        return _int(key, value, source, 0)
+    if key == "run_time":
+        seconds = parse_timespan(value)
+        if seconds is None or seconds < 1:
+            raise _bad(key, value, source, "must be a duration of at least 1 s like 30s, 90, 2m, 1m30s, 1h")
+        return seconds
+    if key in ("qps", "spawn_rate", *SLO_KEYS, "request_timeout"):
+        if key in ("qps", *SLO_KEYS) and _is_off(key, value):
+            return None
+        return _float(key, value, source)
+    if key == "arrival":
+        if str(value) not in ARRIVALS:
+            raise _bad(key, value, source, f"must be one of: {', '.join(ARRIVALS)}")
+        return str(value)
+    if key == "model":
+        if not str(value).strip():
+            raise _bad(key, value, source, "must not be empty")
+        return str(value).strip()
+    if key == "url":
+        return normalize_url(value, source)
+    if key == "sweep":
+        return None if str(value).strip().lower() in OFF else _sweep(value, source, qps_mode=False, check_only=True)
+    if key in ("stream", "shared_prefix", "web", "detach", "chat"):
+        if isinstance(value, bool):
+            return value
+        from gpuops.settings import flag
+
+        return flag(source if source != "command line" else FLAG_OF.get(key, key), value)
+    if key == "api":
+        if str(value) not in ("chat", "completion"):
+            raise _bad(key, value, source, "must be chat or completion")
+        return str(value)
+    return None if value is None else str(value)
 
 
 def _example(key: str) -> str:
@@ -203,17 +332,6 @@ def _float(key, value, source, *, positive: bool = True) -> float:
     return number
 
 
-def parse_timespan(text) -> int | None:
-    """'90', '90s', '1m30s', '2h' -> seconds; None if it is not one."""
-    text = str(text).strip()
-    if text.isdigit():
-        return int(text)
-    m = _TIMESPAN.match(text)
-    if not text or not m:
-        return None
-    return int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + int(m["s"] or 0)
-
-
 def normalize_url(value: str, source: str = "command line") -> str:
     """'http://host:8000/v1/' -> 'http://host:8000' (the API paths are added per request)."""
     from urllib.parse import urlsplit
@@ -242,54 +360,18 @@ def build_options(merged: dict) -> LoadTestOptions:
         return merged.get(key, (None, "command line"))
 
     kw: dict = {}
-    for key in ("prompt_tokens", "max_tokens"):
-        value, src = get(key)
-        if value is not None:
-            kw[key] = _int(key, value, src, 1, 1_000_000)
-    value, src = get("workers")
-    if value is not None:
-        kw["workers"] = _int("workers", value, src, 1, MAX_WORKERS)
-    value, src = get("seed")
-    if value is not None:
-        kw["seed"] = _int("seed", value, src, 0)
-    value, src = get("run_time")
-    if value is not None:
-        seconds = parse_timespan(value)
-        if seconds is None or seconds < 1:
-            raise _bad("run_time", value, src, "must be a duration of at least 1 s like 30s, 90, 2m, 1m30s, 1h")
-        kw["run_time_s"] = seconds
     turned_off = set()
-    for key in ("qps", "spawn_rate", *SLO_KEYS, "request_timeout"):
+    for key in ("prompt_tokens", "max_tokens", "workers", "seed", "run_time", "qps", "spawn_rate", *SLO_KEYS,
+                "request_timeout", "arrival", "model", "url", "stream", "shared_prefix", "web", "detach", "api",
+                "server", "out"):
         value, src = get(key)
-        if value is not None and key in ("qps", *SLO_KEYS) and _is_off(key, value):
+        if value is None:
+            continue
+        checked = check_value(key, value, src)
+        if checked is None:  # `--qps off`, `--slo-ttft-ms 0`: not set, whatever a lower layer says
             turned_off.add(key)
             continue
-        if value is not None:
-            kw[key] = _float(key, value, src)
-    value, src = get("arrival")
-    if value is not None:
-        if str(value) not in ARRIVALS:
-            raise _bad("arrival", value, src, f"must be one of: {', '.join(ARRIVALS)}")
-        kw["arrival"] = str(value)
-    value, src = get("model")
-    if value is not None:
-        if not str(value).strip():
-            raise _bad("model", value, src, "must not be empty")
-        kw["model"] = str(value).strip()
-    value, src = get("url")
-    if value is not None:
-        kw["url"] = normalize_url(value, src)
-    for key in ("stream", "shared_prefix", "web", "detach"):
-        value, _ = get(key)
-        if value is not None:
-            kw[key] = bool(value)
-    value, _ = get("api")
-    if value is not None:
-        kw["api"] = str(value)
-    for key in ("server", "out"):
-        value, _ = get(key)
-        if value is not None:
-            kw[key] = str(value)
+        kw["run_time_s" if key == "run_time" else key] = checked
 
     qps_mode = kw.get("qps") is not None
     if qps_mode:
@@ -316,9 +398,12 @@ def build_options(merged: dict) -> LoadTestOptions:
     return opts
 
 
-def _sweep(value, source: str, qps_mode: bool) -> tuple[float, ...]:
+def _sweep(value, source: str, qps_mode: bool, check_only: bool = False) -> tuple[float, ...]:
+    """The sweep's levels; `check_only`: without knowing the mode, any list of numbers > 0 passes."""
     accepted = ("must be a comma-separated list of " +
                 ("request rates > 0 (you gave --qps)" if qps_mode else "user counts >= 1"))
+    if check_only:
+        accepted = "must be a comma-separated list of user counts >= 1, or of request rates > 0 with --qps"
     items = [p.strip() for p in str(value).split(",") if p.strip()]
     if not items:
         raise _bad("sweep", value, source, accepted)
@@ -328,7 +413,8 @@ def _sweep(value, source: str, qps_mode: bool) -> tuple[float, ...]:
             level = float(item)
         except ValueError:
             raise _bad("sweep", value, source, accepted) from None
-        if not math.isfinite(level) or level <= 0 or (not qps_mode and (not level.is_integer() or level < 1)):
+        if not math.isfinite(level) or level <= 0 or (
+                not qps_mode and not check_only and (not level.is_integer() or level < 1)):
             raise _bad("sweep", value, source, accepted)
         levels.append(level)
     if len(set(levels)) != len(levels):

@@ -1,6 +1,6 @@
 """What a load test leaves behind and shows: the terminal table, summary.json, PNG charts.
 
-    >>> for line in summary_lines(summary): print(line)
+    for line in summary_lines(summary): print(line)
     ┏━━━━━━━━━━━┳━━━━━━━┳━━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┓
     ┃ ms        ┃  mean ┃ median ┃   p90 ┃   p95 ┃   p99 ┃   max ┃
     ┡━━━━━━━━━━━╇━━━━━━━╇━━━━━━━━╇━━━━━━━╇━━━━━━━╇━━━━━━━╇━━━━━━━┩
@@ -126,6 +126,42 @@ def sweep_lines(rows: list[dict], mode: str) -> list[str]:
                       _ms(r.get("median_tpot_ms")), _ms(r.get("p90_tpot_ms")), _ms(r.get("p99_tpot_ms")),
                       str(r.get("failed", 0)), ", ".join(notes))
     return _render(table)
+
+
+CHARTS_HINT = "pip install 'gpuops[loadtest]'"
+
+
+def charts_available() -> bool:
+    """matplotlib is part of the loadtest extra: without it the numbers are still written, the charts skipped."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def warnings(s: dict) -> list[str]:
+    """The summary's warnings as short lines (the terminal table's WARNING, note and PARTIAL lines).
+
+    >>> warnings({"completed": 3, "usage_missing": 1, "client": {"client_bound": True,
+    ...           "client_bound_reasons": ["CPU 98% of a core"]}})[1]
+    'client-bound: CPU 98% of a core'
+    """
+    out = []
+    if s.get("usage_missing"):
+        out.append(f"{s['usage_missing']} answer(s) carried no usage; their output tokens are counted chunks")
+    client = s.get("client") or {}
+    if client.get("client_bound"):
+        out.append("client-bound: " + "; ".join(client.get("client_bound_reasons") or []))
+    if s.get("fell_behind"):
+        out.append(f"the client fell behind its schedule ({s.get('late_fraction') or 0:.0%} of requests late or "
+                   f"never sent): {s.get('fell_behind_cause') or 'cause not known'}")
+    if not s.get("completed"):
+        out.append("no request succeeded")
+    if s.get("partial"):
+        out.append(f"partial results: {s.get('status_reason') or s.get('status')}")
+    return out
 
 
 def _pyplot():

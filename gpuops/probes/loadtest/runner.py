@@ -1,9 +1,9 @@
 """One load test, end to end: find the server, check it streams, run Locust, merge records, report.
 
-    >>> target = preflight(resolve_target(opts, RunDir("do_not_commit")), opts)
-    >>> results = execute(opts, target, report_dir, log_path, write=print)
-    >>> results[0].summary["median_ttft_ms"], results[0].report_dir
-    (101.4, PosixPath('do_not_commit/load_tests/20261122-101500'))
+    target = preflight(resolve_target(opts, RunDir("do_not_commit")), opts)
+    results = execute(opts, target, report_dir, log_path, write=print)
+    results[0].summary["median_ttft_ms"], results[0].report_dir
+    # -> (101.4, PosixPath('do_not_commit/load_tests/20261122-101500'))
 
 Locust runs as separate processes (`python -m locust -f <shipped locustfile>`): one process, or a
 master plus --workers N worker processes on a free port on 127.0.0.1. Each load-generating
@@ -32,12 +32,19 @@ from pathlib import Path
 
 from gpuops.errors import GpuopsError, RequestFailed, ServerNotRunning, UsageError
 from gpuops.probes.loadtest import metrics
-from gpuops.probes.loadtest.openai_stream import API_PATHS, chunk_text, parse_sse_line, request_body
 from gpuops.probes.loadtest.options import LoadTestOptions, normalize_url
+from gpuops.probes.openai import (
+    API_PATHS,
+    IGNORE_EOS_ENGINES,
+    chunk_text,
+    model_ids,
+    parse_sse_line,
+    request_body,
+)
+from gpuops.probes.openai import headers as _headers
 from gpuops.rundir import RunDir
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-IGNORE_EOS_ENGINES = frozenset({"vllm", "sglang", "llama.cpp", "demo"})  # accept `ignore_eos`
 STOP_TIMEOUT_S = 30  # after --run-time, requests in flight get this long to finish
 PROGRESS_EVERY_S = 5.0
 POLL_S = 0.2
@@ -76,29 +83,21 @@ class RunResult:
 # ---------------------------------------------------------------- the target
 
 
-def resolve_target(opts: LoadTestOptions, run_dir: RunDir) -> Target:
-    """--url, else the running server's record (ServerNotRunning, exit 6, when there is none)."""
-    if opts.url:
-        return Target(url=opts.url, model=opts.model)
-    from gpuops.server import state
+def resolve_target(opts: LoadTestOptions, run_dir: RunDir, *, default_name: str | None = None) -> Target:
+    """--url, else the running server by the one rule (gpuops.probes.target.find_target: --server, the
+    only one, the first recipe's `default_name`, else exit 2 listing them; none: exit 6). A --url at
+    which a server gpuops started still runs brings that server along (its engine, process and log)."""
+    from gpuops.probes.target import find_target
 
-    rec = state.find_running(run_dir, opts.server)  # a crashed server is named, with its last log lines
-    if not rec.url:
-        raise UsageError(f"server '{rec.name}' (pid {rec.pid}) has no URL on record",
-                         hint="pass --url http://HOST:PORT")
+    found = find_target(run_dir, url=opts.url, server=opts.server, default_name=default_name)
+    rec = found.record
+    if rec is None:  # a --url gpuops has no live server at: an OpenAI-compatible server, as given
+        return Target(url=opts.url or normalize_url(found.url), model=opts.model)
     if rec.engine == "comfyui":
         raise UsageError(f"server '{rec.name}' is ComfyUI, which has no OpenAI-compatible text API to load-test",
                          hint="pass --url to an OpenAI-compatible server")
-    return Target(url=normalize_url(rec.url), engine=rec.engine, model=opts.model, server_name=rec.name,
+    return Target(url=opts.url or normalize_url(rec.url), engine=rec.engine, model=opts.model, server_name=rec.name,
                   server_pid=rec.pid, server_create_time=rec.create_time, server_log=rec.log_path)
-
-
-def _headers(stream: bool) -> dict:
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
-    key = os.environ.get("OPENAI_API_KEY")
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
@@ -118,8 +117,8 @@ def preflight(target: Target, opts: LoadTestOptions, timeout: float = PREFLIGHT_
     served: list[str] = []
     if models.status_code == 200:
         try:
-            served = [m["id"] for m in models.json().get("data", []) if isinstance(m, dict) and "id" in m]
-        except (ValueError, AttributeError, TypeError):
+            served = model_ids(models.json())
+        except ValueError:
             served = []
     if model is None and served:
         model = served[0]
@@ -615,10 +614,13 @@ def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, run: Locu
     summary["max_concurrency"] = opts.users
     summary["request_rate"] = opts.qps
     report.write_json(out_dir / "summary.json", summary)
-    try:
-        report.run_chart(records, out_dir / "latency.png", title=_title(opts, target))
-    except Exception as err:  # a chart is not worth losing the numbers over
-        write(f"(could not draw the chart: {type(err).__name__}: {err})")
+    if not report.charts_available():
+        write(f"warning: no latency chart: matplotlib is not installed ({report.CHARTS_HINT})")
+    else:
+        try:
+            report.run_chart(records, out_dir / "latency.png", title=_title(opts, target))
+        except Exception as err:  # a chart is not worth losing the numbers over
+            write(f"(could not draw the chart: {type(err).__name__}: {err})")
     for line in report.summary_lines(summary):
         write(line)
     files = sorted(p.name for p in out_dir.iterdir())
@@ -694,10 +696,13 @@ def _write_sweep(opts: LoadTestOptions, target: Target, report_dir: Path, result
                                                   "complete": len(results) == n_levels})
     if not rows:
         return
-    try:
-        report.sweep_chart(rows, opts.mode, report_dir / "sweep.png", title=sweep_title(opts, target))
-    except Exception as err:  # a chart is not worth losing the numbers over
-        write(f"(could not draw the sweep chart: {type(err).__name__}: {err})")
+    if not report.charts_available():
+        write(f"warning: no sweep chart: matplotlib is not installed ({report.CHARTS_HINT})")
+    else:
+        try:
+            report.sweep_chart(rows, opts.mode, report_dir / "sweep.png", title=sweep_title(opts, target))
+        except Exception as err:  # a chart is not worth losing the numbers over
+            write(f"(could not draw the sweep chart: {type(err).__name__}: {err})")
     for line in report.sweep_lines(rows, opts.mode):
         write(line)
 

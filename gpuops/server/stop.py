@@ -1,0 +1,310 @@
+"""The stop-server use case: which servers, their whole process trees, then the port and GPUs verified.
+
+    names = choose_targets(RunDir("do_not_commit"), recipe_names=["server", "vision"])  # the which-server rule
+    result = stop_servers(RunDir("do_not_commit"), names, timeout=10, gpu_release_timeout=30)
+    result.servers[0].summary()
+    "stopped 'server': 3 process(es) in 0.41 s; port 8000 is free; log kept: do_not_commit/server_logs/..."
+    result.error()                  # None, or every problem in one GpuopsError (the first one's exit code)
+    stop_port(8000).summary()       # every process listening on 8000, with its process group
+    'port 8000: stopped 1 process(es) in 0.12 s; port 8000 is free'
+
+Stopping never signals a process that is not the server: the record's PID must still be the process
+started at the recorded time, and group members count only with the leader or the server's tag.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from gpuops.errors import GpuopsError, ServerNotRunning, UsageError
+from gpuops.rundir import RunDir
+from gpuops.server import procs, state
+from gpuops.server.logs import shown
+from gpuops.server.state import TAG_VAR, StateRecord
+
+Write = Callable[[str], None]
+
+
+@dataclass
+class GpuRelease:
+    """What NVML said after a server's processes were gone."""
+
+    held: int  # how many of its processes NVML listed (0: it held no GPU memory)
+    freed_mib: float | None  # memory they held, once released (None: n/a per process, e.g. MIG)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"held_processes": self.held, "freed_mib": self.freed_mib}
+
+
+@dataclass
+class ServerStop:
+    """One server (or, with --port, one port) stopped: what ran, what was signalled, what is left."""
+
+    name: str | None  # None: everything on `port` was stopped (stop-server --port)
+    report: procs.StopReport | None  # None: nothing was running
+    port: int | None = None
+    port_free: bool = True
+    log_path: str | None = None
+    port_owners: list[procs.PortOwner] = field(default_factory=list)
+    gpu: GpuRelease | None = None  # None: no GPU visible, or nothing was stopped
+    problem: GpuopsError | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether anything was running (and so was stopped)."""
+        return bool(self.report and self.report.stopped)
+
+    def summary(self) -> str:
+        r = self.report
+        if self.name is None:
+            n = len(r.stopped) if r else 0
+            return (f"port {self.port}: stopped {n} process(es)" + (f" in {r.elapsed:.2f} s" if n else "")
+                    + f"; port {self.port} is {'free' if self.port_free else 'STILL IN USE'}")
+        if not self.running:
+            return f"'{self.name}' is not running; nothing to stop"
+        text = f"stopped '{self.name}': {len(r.stopped)} process(es) in {r.elapsed:.2f} s"
+        if r.killed:
+            text += f" ({len(r.killed)} ignored SIGTERM and were killed)"
+        if self.port is not None:
+            text += f"; port {self.port} is {'free' if self.port_free else 'STILL IN USE'}"
+        if self.log_path:
+            text += f"; log kept: {shown(self.log_path)}"
+        return "\n".join([text] + [f"  pid {v.pid}: {v.command}" for v in r.stopped])
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.report
+        killed = {v.pid for v in r.killed} if r else set()
+        return {
+            "name": self.name, "was_running": self.running,
+            "processes": [{"pid": v.pid, "command": v.command, "signal": "SIGKILL" if v.pid in killed else "SIGTERM"}
+                          for v in (r.stopped if r else [])],
+            "elapsed": round(r.elapsed, 3) if r else None,
+            "port": self.port, "port_free": self.port_free,
+            "port_owners": [{"pid": o.pid, "user": o.user, "command": o.command} for o in self.port_owners],
+            "log_path": self.log_path,
+            "gpu": self.gpu.as_dict() if self.gpu is not None else None,
+            "problem": None if self.problem is None else {"type": type(self.problem).__name__,
+                                                          "message": self.problem.render(),
+                                                          "exit_code": self.problem.exit_code},
+        }
+
+
+@dataclass
+class StopResult:
+    """Everything one stop-server did: a ServerStop per server tried (each is tried, whatever happens to one)."""
+
+    servers: list[ServerStop]
+    by_port: int | None = None  # stop-server --port N
+
+    def error(self) -> GpuopsError | None:
+        problems = [(f"'{s.name}'", s.problem) for s in self.servers if s.problem is not None]
+        if not problems:
+            return None
+        return GpuopsError.combine(problems, what="stopping", note="each server was still tried")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"by_port": self.by_port, "servers": [s.as_dict() for s in self.servers]}
+
+
+# ---------------------------------------------------------------- which servers
+
+
+def choose_targets(run_dir: RunDir, *, name: str | None = None, all: bool = False,  # noqa: A002
+                   recipe_names: list[str] = (), recipe_error: GpuopsError | None = None,
+                   write: Write = lambda line: None) -> list[str]:
+    """Which servers a stop-server means: --all: every one on record; --server NAME: that one (known by
+    a recipe or a record, else UsageError); else the which-server rule (state.choose_server: the only
+    running one; else the first recipe's if it runs; else UsageError listing the running ones). With
+    nothing running, the first recipe's name (its stop says "nothing to stop"). `recipe_error`: the
+    AGENTS.local.md could not be read; a running server is still stopped, otherwise that error."""
+    if all:
+        return [r.name for r in state.all_records(run_dir)] or ["server"]
+    if name:
+        return [known_server(run_dir, name, list(recipe_names))]
+    first = recipe_names[0] if recipe_names else None
+    try:
+        chosen = state.choose_server(run_dir, None, default_name=first)
+    except ServerNotRunning:
+        if recipe_error is not None:
+            raise recipe_error from None
+        return [first or "server"]
+    except UsageError as err:  # several running, none of them the first recipe's
+        if recipe_error is not None:
+            err.message = f"{recipe_error.message}; {err.message}"
+        err.hint = f"{err.hint}, or --all"
+        raise
+    if recipe_error is not None:
+        write(f"note: {recipe_error.message}; stopping the running server '{chosen.name}'")
+    return [chosen.name]
+
+
+def known_server(run_dir: RunDir, name: str, recipe_names: list[str]) -> str:
+    """`name` when gpuops has a record or a recipe of it; else a UsageError naming the known ones."""
+    recorded = [r.name for r in state.all_records(run_dir)]
+    if name in recorded or name in recipe_names:
+        return name
+    known = ", ".join(dict.fromkeys(recipe_names + recorded)) or "none"
+    raise UsageError(f"no server named '{name}': no recipe in AGENTS.local.md and no record in {run_dir.state}",
+                     hint=f"known servers: {known}")
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def stop_record(record: StateRecord, *, timeout: float = 10.0) -> ServerStop:
+    """Stop every process of this server (group, descendants, tagged) — never anything else.
+    Raises GpuopsError when a process survives SIGKILL."""
+
+    def tree():
+        return procs.server_tree(record.pid, record.create_time, record.pgid, record.tag)
+
+    targets = tree()
+    leader_ok = procs.matches(record.pid, record.create_time)
+    report = procs.stop_processes(targets, pgids=[record.pgid] if leader_ok else [], timeout=timeout,
+                                  recollect=tree)
+    if report.survivors:
+        raise GpuopsError(
+            f"could not stop '{record.name}': {len(report.survivors)} process(es) survived SIGKILL",
+            details=[f"pid {v.pid}: {v.command}" for v in report.survivors],
+            hint="they may be stuck in the kernel (D state, e.g. a hung GPU driver call); check `ps -o stat`",
+        )
+    stopped = ServerStop(record.name, report, record.port, log_path=record.log_path)
+    if record.port is not None:
+        stopped.port_free = not _wait_port_free(record.port, record.host)
+        if not stopped.port_free:
+            stopped.port_owners = procs.port_owners(record.port)
+    return stopped
+
+
+def _wait_port_free(port: int, host: str, timeout: float = 2.0) -> bool:
+    """True if the port is STILL in use after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while _in_use(port, host):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _in_use(port: int, host: str) -> bool:
+    try:
+        return procs.port_in_use(port, host)
+    except procs.AddressNotHere:  # nothing can listen there any more
+        return False
+
+
+def stop_server(run_dir: RunDir, name: str, *, timeout: float = 10.0, write: Write = lambda line: None) -> ServerStop:
+    """Idempotent: a server that is not running is a ServerStop with nothing stopped, not an error."""
+    with state.server_lock(run_dir, name, write, timeout + 300):  # a start holds it through a --kill-gpu-procs prompt
+        record = state.load(run_dir, name)
+        if record is None:
+            return ServerStop(name, None)
+        if procs.matches(record.pid, record.create_time):
+            state.mark_stopped(run_dir, record)
+        return stop_record(record, timeout=timeout)
+
+
+def stop_servers(run_dir: RunDir, names: list[str], *, timeout: float = 10.0, gpu_release_timeout: float | None = 30.0,
+                 write: Write = lambda line: None,
+                 on_stopped: Callable[[ServerStop], None] = lambda stop: None) -> StopResult:
+    """Stop each server, then verify its port is free and (`gpu_release_timeout` not None) wait until
+    NVML lists none of its processes. Every server is tried, whatever happens to one; each one's problem
+    is kept on its ServerStop (`result.error()` combines them).
+
+    `on_stopped(stop)` is called as soon as a server's processes are gone (before the GPU wait), so
+    its summary can be shown while the GPUs release; the GPU wait reports through `write`.
+    """
+    result = StopResult([])
+    for name in names:
+        try:
+            stop = stop_server(run_dir, name, timeout=timeout, write=write)
+        except GpuopsError as err:
+            result.servers.append(ServerStop(name, None, problem=err))
+            continue
+        result.servers.append(stop)
+        on_stopped(stop)
+        if stop.running and gpu_release_timeout is not None:
+            try:
+                stop.gpu = release_gpus(name, [v.pid for v in stop.report.stopped], gpu_release_timeout, write=write)
+            except GpuopsError as err:
+                stop.problem = err
+                continue
+        if not stop.port_free:
+            stop.problem = GpuopsError(f"port {stop.port} is still in use after stopping '{name}'",
+                                       details=[o.describe() for o in stop.port_owners],
+                                       hint=f"`inv stop-server --port {stop.port}` stops whatever holds it")
+    return result
+
+
+def release_gpus(name: str, pids: Iterable[int], timeout: float, *, write: Write) -> GpuRelease | None:
+    """After a server's processes are gone: wait until NVML lists none of them (memory is freed seconds
+    after the exit). None without a GPU; GpusBusy (exit 5) naming what still holds memory."""
+    from gpuops.gpu import inventory as gpus
+
+    pids = list(pids)
+    inv = gpus.inventory()
+    if inv.unavailable:
+        return None
+    held = [p for g in inv.gpus for p in g.processes if p.pid in set(pids)]
+    if not held:
+        write(f"no GPU memory was held by '{name}' (NVML lists none of its {len(pids)} process(es))")
+        return GpuRelease(0, 0.0)
+    write(f"waiting for the GPUs to release the memory of {len(held)} process(es)...")
+    gpus.wait_released(pids, timeout)
+    figures = [p.used_mib for p in held]
+    # per-process memory is n/a on MIG and WDDM: a sum of the known ones would understate it
+    freed = None if any(m is None for m in figures) else float(sum(figures))
+    write(f"GPU memory released ({'n/a' if freed is None else f'{freed:.0f} MiB'})")
+    return GpuRelease(len(held), freed)
+
+
+def stop_port(port: int, *, timeout: float = 10.0, is_root: bool | None = None) -> StopResult:
+    """Stop every process listening on `port`, with their process groups (orphans of earlier runs)."""
+    is_root = os.geteuid() == 0 if is_root is None else is_root
+    me = psutil.Process()
+    owners = procs.port_owners(port)
+    if any(o.pid is None for o in owners):
+        raise UsageError(f"port {port} is held by a process of another user that gpuops may not inspect",
+                         hint="run as root or stop it as its owner")
+    targets: dict[int, psutil.Process] = {}
+    pgids: set[int] = set()
+    my_pgid = os.getpgid(0)
+    for o in owners:
+        try:
+            p = psutil.Process(o.pid)
+        except psutil.NoSuchProcess:
+            continue
+        if p.pid == me.pid or p.pid in {a.pid for a in me.parents()}:
+            continue
+        if not is_root and p.uids().real != os.getuid():
+            raise UsageError(f"port {port} is held by pid {p.pid} of user {o.user}; gpuops stops only your own "
+                             "processes", hint="ask its owner, or run as root")
+        targets[p.pid] = p
+        pgid = os.getpgid(p.pid)
+        if pgid not in (my_pgid, 1) and pgid == p.pid:  # its own group: take the whole tree with it
+            pgids.add(pgid)
+            for m in procs.group_members(pgid):
+                targets.setdefault(m.pid, m)
+        tag = _tag_of(p)
+        if tag:
+            for t in procs.tagged(tag):
+                targets.setdefault(t.pid, t)
+    if not targets:
+        return StopResult([ServerStop(None, None, port)], by_port=port)
+    report = procs.stop_processes(list(targets.values()), pgids=pgids, timeout=timeout)
+    stopped = ServerStop(None, report, port)
+    stopped.port_free = not _wait_port_free(port, "0.0.0.0")
+    return StopResult([stopped], by_port=port)
+
+
+def _tag_of(p: psutil.Process) -> str | None:
+    try:
+        return p.environ().get(TAG_VAR)
+    except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
+        return None
