@@ -1,6 +1,7 @@
 """The errors gpuops raises; the task layer turns each into a message and an exit code.
 
     GpuopsError                 exit 1: anything gpuops can explain
+     +-- CorruptRecord          exit 1: a state record of the wrong shape (server/state.py; start sets it aside)
      +-- UsageError             exit 2: bad flag values, bad configuration
      |    +-- RecipeError       exit 2: AGENTS.local.md missing or malformed (names file:line)
      +-- StartupFailed          exit 3: the server crashed, hung or timed out while starting

@@ -134,10 +134,13 @@ _ROWS = (
             "the memory is free.", flag, {"start-server": "kill-gpu-procs"}, show_default=False),
     Setting("yes", False, "Do not ask for confirmation before terminating processes.", flag,
             {"start-server": "yes"}, show_default=False),
-    Setting("stop_port", None, "Instead, stop every process listening on this port, with its process group "
-            "(orphans of earlier runs).", port, {"stop-server": "port"}),
+    Setting("stop_port", None, "Instead, stop what listens on this port, with its process group: gpuops' "
+            "orphans of earlier runs at once, any other process only once listed and confirmed (or --yes).", port,
+            {"stop-server": "port"}),
     Setting("stop_all", False, "Stop every server gpuops has a record of.", flag, {"stop-server": "all"},
             show_default=False),
+    Setting("stop_yes", False, "With --port: also stop the listed processes gpuops did not start, without asking "
+            "(another user's only with this, and as root).", flag, {"stop-server": "yes"}, show_default=False),
     # --- GPUs ---
     Setting("gpu_busy_mib", 300, "A GPU on which other processes use more than this many MiB is busy.", mib,
             {"gpus": "busy-mib"}),
@@ -182,6 +185,30 @@ _ROWS = (
     Setting("profile_duration", None, "vLLM (and SGLang): record for this many seconds instead of counting steps.",
             seconds, {"profile": "duration"}),
     Setting("profile_top", 10, "How many kernels and operators the summary lists.", whole, {"profile": "top"}),
+    # --- remote hosts (gpuops -H, docs/remote.md) ---
+    Setting("hosts", None, "Default hosts of `gpuops` when -H is not given, and what `-H all` means: a list or "
+            "'gpu1,gpu2'.", None),
+    Setting("groups", {}, "Named groups of hosts for -H, e.g. {fleet: [gpu1, gpu2]}.", table),
+    Setting("host_settings", {}, "Per-host overrides: {gpu2: {remote_dir: /data/llm, remote_venv: ..., "
+            "remote_python: ..., remote_env: {...}}}.", table),
+    Setting("remote_dir", None, "The project folder on the host (default: this folder's path relative to ~).",
+            text),
+    Setting("remote_venv", "~/.gpuops/venv", "The virtualenv of gpuops on the host.", text, {"install": "venv"}),
+    Setting("remote_python", "python3", "The interpreter on the host that makes the virtualenv (3.11+).", text,
+            {"install": "python"}),
+    Setting("remote_env", {}, "Extra environment for the remote gpuops; sent in a 0600 file, never on a command "
+            "line.", table),
+    Setting("ssh_config", None, "An ssh_config file to read instead of ~/.ssh/config.", text),
+    Setting("ssh_agent", True, "Use the SSH agent.", flag, show_default=False),
+    Setting("ssh_key_search", True, "Try the ~/.ssh/id_* keys.", flag, show_default=False),
+    Setting("connect_timeout", 10.0, "Seconds to connect, unless the host's ssh_config sets ConnectTimeout.",
+            seconds),
+    Setting("remote_parallel", True, "Run the hosts in parallel (false: one after another, for benchmarks).",
+            flag, show_default=False),
+    Setting("install_loadtest", False, "Also install the [loadtest] extra (Locust, matplotlib) for "
+            "`load-test --on-host`.", flag, {"install": "loadtest"}, show_default=False),
+    Setting("install_extras", None, "Extras to install on the host, comma-separated (e.g. loadtest).", text,
+            {"install": "extras"}),
     # --- load test ---
     # config default None = "not set": AGENTS.local.md's '## Load test' block sits below invoke.yaml / env, so
     # only a value set there may hide the block's; gpuops.probes.loadtest.options applies `shown` after the block
@@ -193,10 +220,12 @@ _ROWS = (
             loadtest("spawn_rate"), {"load-test": "spawn-rate"}),
     Setting("load_run_time", None, "How long to send load: 30s, 90, 2m, 1m30s, 1h. Requests in flight then get "
             "up to 30 s to finish.", loadtest("run_time"), {"load-test": "run-time"}, shown="30s"),
-    Setting("load_prompt_tokens", None, "Prompt length in words, about one token each; reported from the "
-            "server's usage.", loadtest("prompt_tokens"), {"load-test": "prompt-tokens"}, shown=128),
-    Setting("load_max_tokens", None, "Tokens to generate per request (vLLM, SGLang, llama.cpp and the demo get "
-            "ignore_eos).", loadtest("max_tokens"), {"load-test": "max-tokens"}, shown=64),
+    Setting("load_prompt_tokens", None, "Prompt length in tokens, counted by the server's POST /tokenize or "
+            "--tokenizer (in words, about one token each, where neither exists); or a seeded distribution: "
+            "uniform:A,B, normal:MEAN,SD.", loadtest("prompt_tokens"), {"load-test": "prompt-tokens"}, shown=128),
+    Setting("load_max_tokens", None, "Tokens to generate per request, or a distribution like --prompt-tokens "
+            "(vLLM, SGLang, llama.cpp and the demo get ignore_eos).", loadtest("max_tokens"),
+            {"load-test": "max-tokens"}, shown=64),
     Setting("load_stream", None, "Stream answers and measure TTFT, ITL and TPOT (the default; "
             "gpuops.load_stream: false is --no-stream).", loadtest("stream"), {"load-test": "stream"}, shown=True),
     Setting("load_chat", None, "Use /v1/chat/completions (gpuops.load_chat: true; the default is "
@@ -210,6 +239,10 @@ _ROWS = (
             loadtest("seed"), {"load-test": "seed"}, shown=0),
     Setting("load_workers", None, "Load-generating processes. Above 1: a Locust master plus N workers, to use "
             "more cores.", loadtest("workers"), {"load-test": "workers"}, shown=1),
+    Setting("load_workers_on", None, "Run the Locust workers on these hosts (ssh_config aliases, "
+            "comma-separated; --workers of them on each) instead of here; the master stays here and writes the "
+            "report. Each host needs `gpuops -H HOST install --loadtest`.", loadtest("workers_on"),
+            {"load-test": "workers-on"}),
     Setting("load_sweep", None, "Run one test per level and chart them: user counts (1,2,4,8) or, with --qps, "
             "rates (0.5,1,2); 'off' turns off the block's --sweep.", loadtest("sweep"), {"load-test": "sweep"}),
     Setting("load_detach", None, "Run in the background with its own log (do_not_commit/server_logs/locust-*.log), "
@@ -230,6 +263,41 @@ _ROWS = (
             loadtest("request_timeout"), {"load-test": "request-timeout"}, shown=300),
     Setting("load_out", None, "Write the report into this new (or empty) folder instead of "
             "do_not_commit/load_tests/<timestamp>/.", loadtest("out"), {"load-test": "out"}),
+    Setting("load_warmup", None, "Leave this long out of the steady-state numbers after every user runs (5s, 10); "
+            "added to the run so that --run-time stays the steady state.", loadtest("warmup"),
+            {"load-test": "warmup"}, shown="0s"),
+    Setting("load_cooldown", None, "Leave this long out of the steady-state numbers before the load stops; added "
+            "to the run.", loadtest("cooldown"), {"load-test": "cooldown"}, shown="0s"),
+    Setting("load_find_max", None, "Search for the highest load (users, or rates with --qps) at which "
+            "--slo-quantile of the requests meet the SLOs given: doubling, then bisection.", loadtest("find_max"),
+            {"load-test": "find-max"}, shown=False),
+    Setting("load_slo_quantile", None, "With --find-max: the share of requests that must meet every SLO (0.99, "
+            "99 or 99%).", loadtest("slo_quantile"), {"load-test": "slo-quantile"}, shown="99%"),
+    Setting("load_locustfile", None, "Run your own locustfile (Locust's -f) in gpuops' run instead of gpuops' "
+            "user: logged, its CSV and HTML kept, Locust's stats summarised.", loadtest("locustfile"),
+            {"load-test": "locustfile"}),
+    Setting("load_tokenizer", None, "Count prompt tokens with this local Hugging Face tokenizer (a tokenizer.json, "
+            "a model folder, or a NAME in the local cache; offline) instead of the server's POST /tokenize.",
+            loadtest("tokenizer"), {"load-test": "tokenizer"}),
+    Setting("load_dataset", None, "Send the prompts of this file instead of generated ones: JSONL ({\"prompt\": ...} "
+            "or {\"messages\": [...]} a line), ShareGPT JSON, or 'builtin' (shipped, works offline).",
+            loadtest("dataset"), {"load-test": "dataset"}),
+    Setting("load_max_prompts", None, "Use at most this many prompts of --dataset (after the seeded shuffle).",
+            loadtest("max_prompts"), {"load-test": "max-prompts"}),
+    Setting("load_dataset_min_tokens", None, "Leave out --dataset prompts shorter than this many tokens.",
+            loadtest("dataset_min_tokens"), {"load-test": "dataset-min-tokens"}),
+    Setting("load_dataset_max_tokens", None, "Leave out --dataset prompts longer than this many tokens.",
+            loadtest("dataset_max_tokens"), {"load-test": "dataset-max-tokens"}),
+    Setting("load_shared_prefix_tokens", None, "Start prompts with the same N tokens (prefix-cache hits); the "
+            "rest stays salted per request.", loadtest("shared_prefix_tokens"),
+            {"load-test": "shared-prefix-tokens"}, shown=0),
+    Setting("load_shared_prefix_share", None, "The share of requests that reuse --shared-prefix-tokens (0.5: "
+            "half of them).", loadtest("shared_prefix_share"), {"load-test": "shared-prefix-share"}, shown=1),
+    Setting("load_turns", None, "Chat sessions (with --chat): each user carries its conversation for this many "
+            "turns, every request sending the previous turns and answers.", loadtest("turns"),
+            {"load-test": "turns"}, shown=1),
+    Setting("load_embeddings", None, "Load /v1/embeddings instead of completions (end-to-end latency and input "
+            "tokens only).", loadtest("embeddings"), {"load-test": "embeddings"}, shown=False),
 )
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in _ROWS}

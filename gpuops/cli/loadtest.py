@@ -21,17 +21,25 @@ _HELP = {
         "no-stream": "Ask for whole answers: end-to-end latency and throughput only.",
         "completion": "Use /v1/completions (the default).",
         "no-shared-prefix": "Salt every prompt (the default): turns off the block's --shared-prefix.",
+        "compare": "Compare two report folders metric by metric, with the change in percent: --compare A "
+                   "--compare B (or --compare A,B); runs no load.",
+        "host": "Locust's spelling of --url.",
+        "processes": "Locust's spelling of --workers (-1: one per core).",
+        "headless": "Locust's spelling of a run without the web UI (gpuops' default): turns off a --web set elsewhere.",
     }),
 }
 
 
-@task(auto_shortflags=False, help=_HELP)  # 28 flags: generated one-letter flags would be arbitrary (one -h)
+@task(auto_shortflags=False, help=_HELP, iterable=["compare"])  # 28 flags: generated one-letter flags would be arbitrary (one -h)
 @edge
 def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None, max_tokens=None, stream=False,
               no_stream=False, chat=False, completion=False, model=None, qps=None, arrival=None, seed=None, url=None,
-              server=None, workers=None, sweep=None, detach=False, web=False, shared_prefix=False,
+              server=None, workers=None, workers_on=None, sweep=None, detach=False, web=False, shared_prefix=False,
               no_shared_prefix=False, slo_ttft_ms=None, slo_tpot_ms=None, slo_e2el_ms=None, request_timeout=None,
-              out=None, agents_file=None, json=False):  # noqa: A002
+              out=None, tokenizer=None, dataset=None, max_prompts=None, dataset_min_tokens=None,
+              dataset_max_tokens=None, shared_prefix_tokens=None, shared_prefix_share=None, turns=None,
+              embeddings=False, warmup=None, cooldown=None, find_max=False, slo_quantile=None, locustfile=None,
+              compare=None, host=None, processes=None, headless=False, agents_file=None, json=False):  # noqa: A002
     """Load-test the running server with Locust: TTFT, ITL, TPOT, E2EL percentiles from raw records.
 
     inv load-test                              # flags from AGENTS.local.md's '## Load test' block
@@ -40,12 +48,23 @@ def load_test(c, users=None, spawn_rate=None, run_time=None, prompt_tokens=None,
     inv load-test --sweep 1,4,16,64 --run-time 30s --detach
     inv load-test --json | jq .summary.median_ttft_ms
     """
-    flags = {k: v for k, v in locals().items() if k not in ("c", "agents_file", "json")}  # the load's own flags
+    flags = {k: v for k, v in locals().items() if k not in ("c", "agents_file", "json", "compare")}  # the load's own
     from gpuops.cli.render_loadtest import document
     from gpuops.probes.loadtest import command, options
 
     out = output(c, json)
+    if compare:
+        from gpuops.probes.loadtest.compare import compare_lines, compare_reports, folders
+
+        result = compare_reports(*folders(compare))
+        for line in compare_lines(result):
+            out.say(line)
+        out.result("load-test", {"compare": result.as_dict()})
+        return
     cli = options.from_command_line(flags)
+    from gpuops.cli.remote import configure_workers
+
+    configure_workers(c.config)  # how --workers-on reaches its hosts (ssh_config, venv), if it is given
     result = command.load_test(cli, config=options.from_config(c.config.gpuops.get),
                                agents_file=agents_file_path(c, agents_file), run_dir=run_dir(c, agents_file),
                                write=out.say, json=out.json)

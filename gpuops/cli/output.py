@@ -46,7 +46,15 @@ class Output:
         return (self._stderr or sys.stderr) if self.json else (self._stdout or sys.stdout)
 
     def say(self, line: str) -> None:
-        print(line, file=self.human, flush=True)
+        stream = self.human
+        try:
+            print(line, file=stream, flush=True)
+        except BrokenPipeError:  # the reader left (`| head -1`): the task goes on, unheard
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
     def fail(self, task: str, data: dict[str, Any], err) -> None:
         """A task that has a result to report and failed anyway (a failed smoke test, a server not stopped,

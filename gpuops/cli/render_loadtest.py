@@ -46,4 +46,9 @@ def document(result: LoadTestResult) -> dict:
             "levels": [{**sweep_row(r.level, r.summary, r.summary.get("client")), "status": r.status,
                         "report_dir": str(r.report_dir.resolve())} for r in result.results],
         }
+    found = result.report_dir / "find_max.json"
+    if getattr(result.opts, "find_max", False) and found.is_file():
+        import json
+
+        doc["find_max"] = json.loads(found.read_text())  # the knee, the levels tried, the SLOs
     return doc

@@ -54,6 +54,13 @@ def _smoke_plan(c, smoke_preset=None, agents_file=None):
                             chat=resolved(c, "smoke_chat"), timeout=setting(c, "smoke_timeout"))
 
 
+def _import_banner_modules() -> None:
+    """What the ready banner needs, imported while the server loads instead of before its launch."""
+    import gpuops.cli.render_server  # noqa: F401
+    import gpuops.gpu.inventory  # noqa: F401
+    import gpuops.gpu.render  # noqa: F401
+
+
 @task(
     auto_shortflags=False,  # a generated -h (for --hang-timeout) would answer `inv start-server -h` with an error
     help=help_for("start-server", json=_JSON_START),
@@ -69,7 +76,6 @@ def start_server(c, server=None, agents_file=None, restart=False, follow=True, s
     inv start-server --restart --kill-gpu-procs --yes
     inv start-server --json | jq .url     # the log goes to stderr; one document on stdout
     """
-    from gpuops.cli.render_server import start_lines
     from gpuops.server.preflight import GpuPolicy
     from gpuops.server.start import follow_server
     from gpuops.server.start import start_server as start
@@ -98,8 +104,10 @@ def start_server(c, server=None, agents_file=None, restart=False, follow=True, s
         hang_timeout=resolved(c, "hang_timeout", hang_timeout, "--hang-timeout"),
         start_timeout=resolved(c, "start_timeout", start_timeout, "--start-timeout"),
         stop_timeout=stop_t, keep_on_failure=resolved(c, "keep_on_failure", keep_on_failure, "--keep-on-failure", False),
-        gpu=gpu, confirm=_confirm(out), smoke=smoke_step,
+        gpu=gpu, confirm=_confirm(out), smoke=smoke_step, meanwhile=_import_banner_modules,
     )
+    from gpuops.cli.render_server import start_lines
+
     for line in start_lines(result):
         out.say(line)
     if result.smoke_error is not None:
@@ -118,11 +126,13 @@ def start_server(c, server=None, agents_file=None, restart=False, follow=True, s
     ),
 )
 @edge
-def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=None, json=False):  # noqa: A002
+def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=None, yes=False,  # noqa: A002
+                json=False):
     """Stop the server's whole process tree (SIGTERM, then SIGKILL), verify the port and GPUs are free.
 
     inv stop-server                 # idempotent: nothing running is a message and exit 0
-    inv stop-server --port 8000     # every process listening on 8000, with its group
+    inv stop-server --port 8000     # gpuops' orphans listening on 8000 (with their groups); others are named
+                                    # and stopped only when you confirm, or with --yes
     inv stop-server --all --json
     """
     from gpuops.cli.render_server import stop_lines
@@ -135,7 +145,8 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
     agents_file_path(c, agents_file)  # a mistyped --agents-file must not fall back to stopping what runs
     rd = run_dir(c, agents_file)
     if port is not None:
-        result = stop.stop_port(port, timeout=t)
+        result = stop.stop_port(port, timeout=t, yes=resolved(c, "stop_yes", yes, "--yes", False),
+                                confirm=_confirm(out), write=out.say)
         for s in result.servers:
             for line in stop_lines(s):
                 out.say(line)
@@ -234,7 +245,9 @@ def logs(c, name=None, prefix=None, lines=None, follow=False, list=False, json=F
     if follow:
         out.say(f"==> {path} <==")
         try:
-            runlogs.follow(path, out.say, from_lines=count)
+            # the newest log (no --name): a restart's new log takes over, and following moves there
+            runlogs.follow(path, out.say, from_lines=count,
+                           newer=None if name else (lambda current: runlogs.newer_log(folder, current)))
         except KeyboardInterrupt:
             out.say("(stopped following)")
         return

@@ -6,6 +6,8 @@
     GET  /v1/models              the one model, OpenAI's list shape
     POST /v1/completions         OpenAI text completion, streamed (SSE) or whole
     POST /v1/chat/completions    OpenAI chat completion, streamed (SSE) or whole
+    POST /v1/embeddings          OpenAI embeddings (a small fixed-size vector per input)
+    POST /tokenize               vLLM's shape: {"prompt"} or {"messages"} -> {"count", "tokens", "max_model_len"}
     GET  /profile                Fireworks-style profiler trigger
     POST /start_profile          vLLM-style profiler (only with VLLM_TORCH_PROFILER_DIR)
     POST /stop_profile
@@ -49,6 +51,8 @@ def build_app(settings: Settings, console: Console, pool: WorkerPool) -> Starlet
     fireworks = FireworksProfiler(console, settings.profile_delay)
     vllm = VllmProfiler(console, settings.vllm_profiler_dir) if settings.vllm_profiler_dir else None
     ttft, itl = settings.ttft_ms / 1000, settings.itl_ms / 1000
+    per_request = settings.ttft_per_request_ms / 1000
+    active = [0]  # generation requests in flight: with --ttft-per-request-ms, each one slows the others' TTFT
     on_token = vllm.note_token if vllm else (lambda: None)
 
     async def health(request: Request) -> Response:
@@ -73,16 +77,63 @@ def build_app(settings: Settings, console: Console, pool: WorkerPool) -> Starlet
             message = (f"simulated internal server error (request {errors.count}; "
                        f"the demo fails every {settings.error_every}th generation request)")
             return JSONResponse(protocol.error_body(message, "InternalServerError", 500), status_code=500)
+        first = ttft + per_request * active[0]  # the requests already in flight when this one arrived
         if req.stream and not settings.no_stream_support:
-            return StreamingResponse(generation.stream_events(req, start, ttft, itl, on_token),
+            return StreamingResponse(_counted(generation.stream_events(req, start, first, itl, on_token)),
                                      media_type="text/event-stream")
-        return JSONResponse(await generation.complete(req, start, ttft, itl, on_token))
+        active[0] += 1
+        try:
+            return JSONResponse(await generation.complete(req, start, first, itl, on_token))
+        finally:
+            active[0] -= 1
+
+    async def _counted(events):
+        active[0] += 1
+        try:
+            async for event in events:
+                yield event
+        finally:
+            active[0] -= 1
 
     async def completions(request: Request) -> Response:
         return await generate(request, "completion")
 
     async def chat(request: Request) -> Response:
         return await generate(request, "chat")
+
+    async def tokenize(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            if not isinstance(body, dict) or ("prompt" not in body and "messages" not in body):
+                raise BadRequest("'prompt' or 'messages' is required", "prompt")
+            count = protocol.parse_request("chat" if "messages" in body else "completion",
+                                           {**body, "max_tokens": 1}, settings.model).prompt_tokens
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return _bad_request(BadRequest(f"the request body is not valid JSON: {err}"))
+        except BadRequest as err:
+            return _bad_request(err)
+        return JSONResponse({"count": count, "max_model_len": protocol.MAX_MODEL_LEN,
+                             "tokens": list(range(count))})
+
+    async def embeddings(request: Request) -> Response:
+        start = time.monotonic()
+        try:
+            body = json.loads(await request.body())
+            inputs = body.get("input") if isinstance(body, dict) else None
+            if isinstance(inputs, str):
+                inputs = [inputs]
+            if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
+                raise BadRequest("'input' must be a string or a list of strings", "input")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return _bad_request(BadRequest(f"the request body is not valid JSON: {err}"))
+        except BadRequest as err:
+            return _bad_request(err)
+        await generation.sleep_until(start + ttft)  # one forward pass: the time to a first token
+        tokens = sum(protocol.count_words(x) for x in inputs)
+        data = [{"object": "embedding", "index": i, "embedding": [round(((len(x) + k) % 7) / 7, 3) for k in range(8)]}
+                for i, x in enumerate(inputs)]
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model") or settings.model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def profile(request: Request) -> Response:
         try:
@@ -116,6 +167,8 @@ def build_app(settings: Settings, console: Console, pool: WorkerPool) -> Starlet
         Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
         Route("/profile", profile),
         Route("/v1/demo/workers", workers),
     ]

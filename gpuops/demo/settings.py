@@ -36,6 +36,7 @@ class Settings:
     load_seconds: float = 3.0
     ttft_ms: float = 50.0
     itl_ms: float = 20.0
+    ttft_per_request_ms: float = 0.0  # TTFT grows by this much per other request in flight: latency that grows with load
     fault: str = "none"
     workers: int = 0
     orphan_worker: bool = False
@@ -107,6 +108,9 @@ OPTIONS: tuple[Option, ...] = (
            "milliseconds from a request's arrival to its first token (default 50)", metavar="MS"),
     Option("itl_ms", "--itl-ms", "GPUOPS_DEMO_ITL_MS", _number(float, 0),
            "milliseconds between later tokens (default 20)", metavar="MS"),
+    Option("ttft_per_request_ms", "--ttft-per-request-ms", "GPUOPS_DEMO_TTFT_PER_REQUEST_MS", _number(float, 0),
+           "milliseconds added to TTFT per other request in flight: latency that grows with load (default 0)",
+           metavar="MS"),
     Option("fault", "--fault", "GPUOPS_DEMO_FAULT", _fault,
            f"misbehave on purpose: {', '.join(FAULTS)} (default none)", metavar="NAME"),
     Option("workers", "--workers", "GPUOPS_DEMO_WORKERS", _number(int, 0, MAX_WORKERS),

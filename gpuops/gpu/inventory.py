@@ -23,7 +23,7 @@ import psutil
 
 from gpuops.gpu import nvml as seam
 from gpuops.gpu.nvml import Nvml, NvmlCallFailed, NvmlUnavailable
-from gpuops.server.recipes import mask_secrets
+from gpuops.server.recipes import mask_argv
 
 NOT_VISIBLE = "not visible: other container"
 CREATE_TIME_SLACK = 0.05  # psutil create_time comes from clock ticks
@@ -134,7 +134,7 @@ def _describe(pid: int, kind: str, used: float | None, prefixes: tuple[str, ...]
     except (KeyError, psutil.Error):
         user = str(uid)
     try:
-        cmdline, accessible = mask_secrets(" ".join(p.cmdline()), {}) or f"[{name}]", True
+        cmdline, accessible = mask_argv(p.cmdline()) or f"[{name}]", True
     except psutil.AccessDenied:
         cmdline, accessible = "", False
     except psutil.Error:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpuops.errors import GpuopsError, RequestFailed, UsageError
+from gpuops.rundir import open_private, private_dir
 
 Write = Callable[[str], None]
 
@@ -234,12 +235,19 @@ def copy_new(source: Path, names: list[str], dest: Path) -> list[Path]:
     copied = []
     for rel in names:
         target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
         n = 2
-        while target.exists():
-            target = target.with_name(f"{Path(rel).name}.{n}")
-            n += 1
-        shutil.copy2(source / rel, target)
+        while True:
+            try:
+                out = open_private(target, "xb")  # 0600, whatever mode the server gave its file
+                break
+            except FileExistsError:
+                target = target.with_name(f"{Path(rel).name}.{n}")
+                n += 1
+        with out, open(source / rel, "rb") as src:
+            shutil.copyfileobj(src, out)
+        st = (source / rel).stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # as copy2 did: the capture's own times
         copied.append(target)
     return copied
 
@@ -560,7 +568,7 @@ def capture(url: str, engine: str, *, out_dir: Path, num_steps: int = DEFAULT_NU
     base = base_url(url)
     out_dir = out_dir.resolve()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(out_dir)  # a new trace folder is 0700; one the user names is left as it is
     except OSError as err:  # a file of that name, a read-only parent, ...
         raise UsageError(f"cannot use {shown(out_dir)} as the trace folder: {err.strerror or err}",
                          hint="pass --dir with a folder you can write to (or leave it out)") from None

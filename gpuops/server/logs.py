@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuops.errors import UsageError
+from gpuops.rundir import PRIVATE_DIR, PRIVATE_FILE, private_dir
 
 LOG_TAIL_LINES = 20  # how many of a server's last log lines come with an error about it
 LOG_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?\.log$")
@@ -39,32 +40,38 @@ def shown(path: str | Path) -> str:
 
 def create_run_folder(parent: Path, now: float | None = None) -> Path:
     """Create `parent/YYYYMMDD-HHMMSS` (then -2, -3, ... in the same second): a profile or load-test
-    report never lands in an earlier one's folder."""
-    parent.mkdir(parents=True, exist_ok=True)
+    report never lands in an earlier one's folder. Both are 0700 (a report holds URLs, a trace the
+    server's environment)."""
+    private_dir(parent, tighten=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
     n = 1
     while True:
         path = parent / (stamp if n == 1 else f"{stamp}-{n}")
         try:
-            path.mkdir()
-            return path
+            path.mkdir(mode=PRIVATE_DIR)
         except FileExistsError:
             n += 1
+            continue
+        os.chmod(path, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+        return path
 
 
 def create_log(folder: Path, prefix: str, now: float | None = None) -> Path:
-    """Create `<prefix>-YYYYMMDD-HHMMSS.log` exclusively (O_EXCL): an existing log is never reused."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Create `<prefix>-YYYYMMDD-HHMMSS.log` exclusively (O_EXCL): an existing log is never reused.
+    The log is 0600 in a 0700 folder (it holds the command and environment); the server writes into
+    it through the descriptor it inherits."""
+    private_dir(folder, tighten=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
     n = 1
     while True:
         name = f"{prefix}-{stamp}.log" if n == 1 else f"{prefix}-{stamp}-{n}.log"
         path = folder / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
         except FileExistsError:
             n += 1
             continue
+        os.fchmod(fd, PRIVATE_FILE)
         os.close(fd)
         return path
 
@@ -156,7 +163,8 @@ def tail_lines(path: str | Path, n: int = 50) -> list[str]:
     return list(deque(lines, maxlen=n))
 
 
-_LINE_END = re.compile(rb"\r\n|\n")
+READ_CHUNK = 1 << 20  # bytes one read_lines() takes at most: a burst of hundreds of MB is read in steps
+MAX_PARTIAL = 1 << 20  # an unterminated line longer than this is shown cut (a terminal would wrap it anyway)
 
 
 def _as_shown(raw: bytes) -> str:
@@ -171,9 +179,10 @@ class LogReader:
     r = LogReader(path); r.read_lines()
     ['INFO:     Started server process [4242]']
 
-    Progress bars (tqdm, model downloads) redraw one line with `\r` and end it with `\n` only
-    when done: `grew` tells that bytes arrived even when no whole line did, and `progress()` is the
-    bar's current state.
+    At most READ_CHUNK bytes per call (`more` says whether more were waiting), so a burst of
+    hundreds of MB never sits in memory at once. Progress bars (tqdm, model downloads) redraw one
+    line with `\r` and end it with `\n` only when done: `grew` tells that bytes arrived even when no
+    whole line did, and `progress()` is the bar's current state.
     """
 
     def __init__(self, path: str | Path, start_at_end: bool = False, offset: int = 0):
@@ -182,15 +191,34 @@ class LogReader:
         self._f.seek(0, os.SEEK_END) if start_at_end else self._f.seek(offset)
         self._partial = b""
         self.grew = False  # whether the last read_lines() found any new bytes
+        self.more = False  # whether it stopped at READ_CHUNK with bytes still unread
 
-    def read_lines(self) -> list[str]:
-        chunk = self._f.read()
+    def read_lines(self, limit: int = READ_CHUNK) -> list[str]:
+        chunk = self._f.read(limit)
         self.grew = bool(chunk)
+        self.more = len(chunk) == limit
         if not chunk:
             return []
         data = self._partial + chunk
-        *whole, self._partial = _LINE_END.split(data)
-        return [_as_shown(line) for line in whole]
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial = self._bounded(data)
+            return []
+        whole, self._partial = data[:cut], self._bounded(data[cut + 1:])
+        text = whole.decode("utf-8", "replace")
+        lines = text.split("\n")
+        if "\r" in text:
+            lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
+        return lines
+
+    @staticmethod
+    def _bounded(partial: bytes) -> bytes:
+        """Hold at most MAX_PARTIAL bytes of an unterminated line: a bar keeps its last redraw, other text
+        its first MAX_PARTIAL bytes (the rest is dropped until the line ends)."""
+        if len(partial) <= MAX_PARTIAL:
+            return partial
+        at = partial.rfind(b"\r", 0, len(partial) - 1)
+        return partial[at:] if 0 <= at and len(partial) - at <= MAX_PARTIAL else partial[:MAX_PARTIAL]
 
     def progress(self) -> str:
         """The latest `\r`-redraw of the unterminated line ('' when it is no progress bar)."""
@@ -214,17 +242,50 @@ class LogReader:
 
 
 def follow(path: str | Path, write: Callable[[str], None], *, from_lines: int = 0,
-           should_stop: Callable[[], bool] = lambda: False, poll: float = 0.1) -> None:
-    """`tail -f`: print the last `from_lines` lines, then new lines until should_stop() or Ctrl-C."""
+           should_stop: Callable[[], bool] = lambda: False, poll: float = 0.1,
+           newer: Callable[[Path], Path | None] | None = None) -> None:
+    """`tail -f`: print the last `from_lines` lines, then new lines until should_stop() or Ctrl-C.
+
+    `newer(path)`: a newer log that replaces this one (the same server, restarted), or None; once the
+    current file is read to its end, following moves there (from its start), saying so.
+    """
+    path = Path(path)
     for line in tail_lines(path, from_lines):
         write(line)
-    with LogReader(path, start_at_end=True) as reader:
+    reader = LogReader(path, start_at_end=True)
+    try:
         while not should_stop():
             lines = reader.read_lines()
             for line in lines:
                 write(line)
-            if not lines:
-                time.sleep(poll)
+            if lines or reader.more:
+                continue
+            nxt = newer(path) if newer is not None else None
+            if nxt is not None and nxt != path:
+                for line in reader.read_lines() + reader.flush_partial():  # what came in meanwhile
+                    write(line)
+                reader.close()
+                write(f"==> {shown(nxt)} <== (a newer log of the same server: following it now)")
+                path, reader = nxt, LogReader(nxt)
+                continue
+            time.sleep(poll)
+    finally:
+        reader.close()
+
+
+def newer_log(folder: Path, path: Path) -> Path | None:
+    """The newest log of the same kind (prefix) as `path`, when it is newer than `path`; else None.
+
+    >>> newer_log(Path("/nonexistent"), Path("server-20261122-101500.log")) is None
+    True
+    """
+    m = LOG_NAME.match(path.name)
+    if not m:
+        return None
+    found = list_logs(folder, m["prefix"])
+    if found and _sort_key(found[-1]) > _sort_key(path):
+        return found[-1]
+    return None
 
 
 def add_log_tail(err, log_path: str | Path | None, n: int = LOG_TAIL_LINES):

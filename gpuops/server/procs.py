@@ -43,11 +43,11 @@ def matches(pid: int, create_time: float) -> bool:
 
 def command_of(p: psutil.Process) -> str:
     """The command line as gpuops shows it: secret flags (`--api-key sk-...`) masked."""
-    from gpuops.server.recipes import mask_secrets  # its regexes cost ~8 ms to compile: not on status's path
+    from gpuops.server.recipes import mask_argv  # its regexes cost ms to compile: not on status's path
 
     try:
         cmd = p.cmdline()
-        return mask_secrets(" ".join(cmd), {}) if cmd else f"[{p.name()}]"
+        return mask_argv(cmd) if cmd else f"[{p.name()}]"
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return "(command not readable)"
 
@@ -111,12 +111,52 @@ class AddressNotHere(OSError):
     """No interface of this machine has that address: nothing can listen there."""
 
 
+def protected_pids() -> set[int]:
+    """gpuops itself, its ancestors (`inv`, the shell, a terminal: one may have inherited a server's
+    tag) and PID 1: never signalled, whatever a tag or a port says."""
+    me = psutil.Process()
+    pids = {me.pid, 1}
+    try:
+        pids |= {p.pid for p in me.parents()}
+    except psutil.Error:
+        pass
+    return pids
+
+
+def protected_pgids(protected: Iterable[int] | None = None) -> set[int]:
+    """The process groups of the protected processes: signalling one of them as a group would hit them."""
+    groups = {0, 1}
+    for pid in protected_pids() if protected is None else protected:
+        try:
+            groups.add(os.getpgid(pid))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return groups
+
+
+def listening_sockets() -> list[tuple[int, int | None]]:
+    """(port, pid) of every listening TCP socket (pid None: a process we may not inspect)."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return []
+    return sorted({(c.laddr.port, c.pid) for c in conns if c.status == psutil.CONN_LISTEN and c.laddr},
+                  key=lambda pair: (pair[0], pair[1] or 0))
+
+
+def ports_of(pids: Iterable[int]) -> list[int]:
+    """The TCP ports these processes listen on, lowest first."""
+    mine = set(pids)
+    return sorted({port for port, pid in listening_sockets() if pid in mine})
+
+
 def tagged(tag: str) -> list[psutil.Process]:
-    """Live processes whose environment carries GPUOPS_SERVER=<tag> (found even after re-parenting)."""
+    """Live processes whose environment carries GPUOPS_SERVER=<tag> (found even after re-parenting);
+    never gpuops itself or its ancestors (a shell started from a server inherits its tag)."""
     found = []
-    me = os.getpid()
+    protected = protected_pids()
     for p in psutil.process_iter(["pid"]):
-        if p.pid == me:
+        if p.pid in protected:
             continue
         try:
             if p.environ().get(TAG_VAR) == tag and _alive(p):
@@ -204,15 +244,21 @@ def stop_processes(
     """SIGTERM `targets` (and their process groups), wait, SIGKILL what is left, wait until reaped.
 
     `recollect()` is asked again after each wait for late members (e.g. workers spawned while stopping).
+    gpuops itself, its ancestors and PID 1 are never signalled, and a group holding one of them is
+    signalled member by member instead.
     """
     t0 = time.monotonic()
     report = StopReport()
-    seen: dict[int, psutil.Process] = {p.pid: p for p in targets}
-    pgids = [g for g in set(pgids) if g and g > 1]
+    protected = protected_pids()
+    own_groups = protected_pgids(protected)
+    seen: dict[int, psutil.Process] = {}
+    groups = {g for g in pgids if g and g > 1}
+    pgids = [g for g in groups if g not in own_groups]
 
     def gather() -> list[psutil.Process]:
-        for p in recollect():
-            seen.setdefault(p.pid, p)
+        for p in [*targets, *recollect(), *(m for g in groups - set(pgids) for m in group_members(g))]:
+            if p.pid not in protected:
+                seen.setdefault(p.pid, p)
         return [p for p in seen.values() if _alive(p)]
 
     report.stopped = [Victim(p.pid, command_of(p)) for p in gather()]

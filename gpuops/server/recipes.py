@@ -42,27 +42,436 @@ EXAMPLE = "## Server\n\n```bash\nvllm serve Qwen/Qwen3-8B --port 8000\n```"
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^\s`{]*)")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_SECRET_NAME = re.compile(r"TOKEN(?!S|IZER)|KEY|SECRET|PASSW(?:OR)?D|CREDENTIAL|AUTH", re.I)
-_SECRET_FLAG = re.compile(r"^--?(?:[\w-]*[-_])?(?:token|key|secret|password|passwd|credentials?|apikey)$", re.I)
+_SECRET_NAME = re.compile(r"TOKEN(?!S|IZER)|KEY|SECRET|PASSW(?:OR)?D|PASSPHRASE|CREDENTIAL|AUTH|COOKIE", re.I)
 _LOAD_TEST = re.compile(r"load[\s_-]?test", re.I)
 
 
 def is_secret_name(name: str) -> bool:
-    """HF_TOKEN, OPENAI_API_KEY, DB_PASSWORD: yes; MAX_TOKENS, TOKENIZERS_PARALLELISM: no."""
-    return bool(_SECRET_NAME.search(name))
+    """HF_TOKEN, OPENAI_API_KEY, DB_PASSWORD, MYSQL_PWD: yes; MAX_TOKENS, TOKENIZERS_PARALLELISM, PWD: no."""
+    return bool(_SECRET_NAME.search(name)) or is_secret_key(name)
 
 
-def mask_secrets(text: str, env: dict[str, str]) -> str:
-    """Replace every secret value of `env` in `text`, and the values of secret flags, with ****.
+_SECRET_WORDS = frozenset({
+    "key", "keys", "apikey", "apikeys", "token", "secret", "secrets", "password", "passwords", "passwd",
+    "passphrase", "credential", "credentials", "creds", "auth", "authorization", "bearer", "cookie", "sig",
+    "signature", "jwt",
+})
+_SECRET_ENDINGS = ("token", "secret", "password", "passwd", "apikey")
+_SWITCH_PREFIXES = frozenset({"no", "enable", "disable"})  # --enable-auth is a switch: it takes no value
 
-    >>> mask_secrets("--api-key sk-123 HF_TOKEN=hf_abc", {"HF_TOKEN": "hf_abc"})
-    '--api-key **** HF_TOKEN=****'
+
+def is_secret_key(name: str) -> bool:
+    """Whether a flag, header, JSON key or query parameter names a secret, by its last word.
+
+    >>> [is_secret_key(n) for n in ("--api-keys", "--hf-token", "X-Api-Key", "access_token", "apiKey")]
+    [True, True, True, True, True]
+    >>> [is_secret_key(n) for n in ("--max-tokens", "--tokenizer", "--ssl-keyfile", "--token-file", "--enable-auth")]
+    [False, False, False, False, False]
     """
-    for name, value in env.items():
-        if is_secret_name(name) and len(value) >= 4:
-            text = text.replace(value, MASK)
-    return re.sub(r"(?<![\w-])(--?[\w-]+)(=|\s+)('[^']*'|\"[^\"]*\"|\S+)",
-                  lambda m: f"{m[1]}{m[2]}{MASK}" if _SECRET_FLAG.match(m[1]) else m[0], text)
+    parts = [p for p in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if p]
+    if not parts or parts[0] in _SWITCH_PREFIXES:
+        return False
+    last = parts[-1]
+    if last in ("pwd", "pass"):  # MYSQL_PWD, --db-pass; but PWD alone is the working directory
+        return len(parts) > 1
+    return last in _SECRET_WORDS or last.endswith(_SECRET_ENDINGS)
+
+
+# ---------------------------------------------------------------- masking
+#
+# Secrets are masked by meaning, wherever they can stand in shell text: the text is split into
+# shell words (quotes, escapes, $(...) honoured) and each word is judged by what it is: an
+# assignment to a secret name (at any position: inline, export, env, declare -x, docker -e), the
+# value of a secret flag (`--api-key X`, `--api-key=X`), an `Authorization:` header, a URL with
+# credentials, a JSON key. A quoted word that holds shell text (`bash -c '...'`) is judged the
+# same way inside. A regex pass over the result then catches the same shapes in text that is no
+# valid shell (a process's argv joined by spaces), and every secret value found, or given in
+# `env`, is replaced wherever else it appears.
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # "word", "op" (an operator or newline: ends a flag's reach) or "comment"
+    start: int
+    end: int
+    value: str  # a word's value once its quotes are removed; the raw text of an op or comment
+
+
+_BREAKS = frozenset(" \t\n;&|()<>")
+_ASSIGN_WORD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\+?=)(.*)$", re.S)
+_FLAG_WORD = re.compile(r"^(--?[A-Za-z][\w.-]*)$")
+_FLAG_EQ_WORD = re.compile(r"^(--?[A-Za-z][\w.-]*)=(.*)$", re.S)
+_HEADER_NAME_WORD = re.compile(r"^([A-Za-z][\w-]*):$")
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "apikey", "key"})
+_MASK_WORD_LIMIT = 4  # how deep quoted shell text inside quoted shell text is followed
+
+
+def _dq_end(text: str, i: int) -> int:
+    """Index of the `"` closing a double-quoted string whose content starts at i (len(text) if none)."""
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+        elif ch == '"':
+            return i
+        elif ch == "$" and text.startswith(("$(", "${"), i):
+            i = _close(text, i + 1)
+        elif ch == "`":
+            i = _tick_end(text, i + 1) + 1
+        else:
+            i += 1
+    return n
+
+
+def _tick_end(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and text[i] != "`":
+        i += 2 if text[i] == "\\" else 1
+    return min(i, n)
+
+
+def _close(text: str, i: int) -> int:
+    """Index after the bracket matching text[i] (`(` or `{`), skipping quoted text; len(text) if none."""
+    opener = text[i]
+    closer = ")" if opener == "(" else "}"
+    depth, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "'":
+            j = text.find("'", i + 1)
+            i = n if j < 0 else j + 1
+            continue
+        if ch == '"':
+            i = _dq_end(text, i + 1) + 1
+            continue
+        if ch == opener:
+            depth += 1
+        elif ch == closer:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _dq_value(raw: str) -> str:
+    return re.sub(r'\\([$`"\\\n])', lambda m: "" if m[1] == "\n" else m[1], raw)
+
+
+def _shell_tokens(text: str) -> list[_Token]:
+    """Split shell text into words (values without their quotes), operators and comments; never raises."""
+    tokens: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t":
+            i += 1
+        elif ch == "\\" and text.startswith("\n", i + 1):
+            i += 2
+        elif ch == "#":
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            tokens.append(_Token("comment", i, j, text[i:j]))
+            i = j
+        elif ch in _BREAKS:
+            j = i + 1
+            while j < n and text[j] in ";&|<>" and ch != "\n":
+                j += 1
+            tokens.append(_Token("op", i, j, text[i:j]))
+            i = j
+        else:
+            start, value = i, []
+            while i < n and text[i] not in _BREAKS:
+                ch = text[i]
+                if ch == "\\":
+                    if i + 1 < n and text[i + 1] != "\n":
+                        value.append(text[i + 1])
+                    i += 2
+                elif ch == "'" or (ch == "$" and text.startswith("$'", i)):
+                    at = i + (2 if ch == "$" else 1)
+                    j = at
+                    while j < n and text[j] != "'":
+                        j += 2 if ch == "$" and text[j] == "\\" else 1
+                    value.append(text[at:min(j, n)])
+                    i = j + 1
+                elif ch == '"':
+                    j = _dq_end(text, i + 1)
+                    value.append(_dq_value(text[i + 1:j]))
+                    i = j + 1
+                elif ch == "$" and text.startswith(("$(", "${"), i):
+                    j = _close(text, i + 1)
+                    value.append(text[i:j])
+                    i = j
+                elif ch == "`":
+                    j = _tick_end(text, i + 1)
+                    value.append(text[i:j + 1])
+                    i = j + 1
+                else:
+                    value.append(ch)
+                    i += 1
+            tokens.append(_Token("word", start, min(i, n), "".join(value)))
+    return tokens
+
+
+def _quote(value: str) -> str:
+    return value if re.fullmatch(r"[\w@%+=:,./*-]+", value) else shlex.quote(value)
+
+
+def _secret_value(value: str, found: set[str]) -> str:
+    """A secret's value is replaced by ****, and remembered (to be masked wherever else it appears).
+    `--api-key "$OPENAI_API_KEY"` is masked too: in a process's argv a `$` is no reference."""
+    found.add(value)
+    bare = value.strip("'\"")  # `--token='x'` inside a quoted word: the same secret without its quotes
+    if bare:
+        found.add(bare)
+    return MASK
+
+
+_USER_FLAGS = frozenset({"-u", "--user", "--proxy-user"})  # curl/wget: `-u name:password`
+_MANY = 1 << 30  # `--api-keys k1 k2 ...`: every word up to the next flag
+
+
+def _is_script(prev: str | None) -> bool:
+    """The word after `-c` (`bash -c '...'`, `sh -lc`, `su -c`) is shell text, not one value: judged word
+    by word. Anywhere else `'HF_TOKEN=x y'` is one assignment, masked whole (too much rather than too little)."""
+    return bool(prev and re.fullmatch(r"-[A-Za-z]*c", prev))
+
+
+def _mask_word(token: _Token, found: set[str], depth: int, prev: str | None,
+               bare: bool = False) -> tuple[str | None, int | str]:
+    """(the word's new text or None to keep it, what the following words hold: how many are
+    secrets, "header" for an optional scheme then a secret, "user" for a `name:password` pair)."""
+    value = token.value
+    # `bash -c 'A=1 cmd'` is a script; `bash -c A='x; y' cmd` (an argv joined by spaces: `bare`) an assignment
+    script = _is_script(prev) and re.search(r"\s", value) and not bare
+    assign = None if script else _ASSIGN_WORD.match(value)
+    if assign:
+        name, op, rest = assign.groups()
+        if is_secret_name(name):
+            return f"{name}{op}{_secret_value(rest, found)}", 0
+        masked = _mask_value(rest, found, depth)
+        return (f"{name}{op}{_quote(masked)}" if masked != rest else None), 0
+    flag_eq = _FLAG_EQ_WORD.match(value)
+    if flag_eq:
+        flag, rest = flag_eq.groups()
+        if is_secret_key(flag):
+            return f"{flag}={_secret_value(rest, found)}", 0
+        if flag in _USER_FLAGS and ":" in rest:
+            return f"{flag}={_quote(rest.split(':', 1)[0])}:{_found(rest.split(':', 1)[1], found)}", 0
+        masked = _mask_value(rest, found, depth)
+        return (f"{flag}={_quote(masked)}" if masked != rest else None), 0
+    if _FLAG_WORD.match(value):
+        if value in _USER_FLAGS:
+            return None, "user"
+        if not is_secret_key(value):
+            return None, 0
+        plural = re.search(r"(?:keys|secrets|tokens|credentials|passwords)$", value, re.I)
+        return None, _MANY if plural else 1
+    header = _HEADER_NAME_WORD.match(value)
+    if header and (is_secret_key(header[1]) or header[1].lower() == "proxy-authorization"):
+        return None, "header"  # `Authorization: Bearer X` as three words (an argv joined by spaces)
+    if value.lower() == "bearer":
+        return None, 1
+    masked = _mask_value(value, found, depth)
+    return (_quote(masked) if masked != value else None), 0
+
+
+def _mask_substitutions(raw: str, found: set[str], depth: int) -> str:
+    """A word holding `$(...)` or backticks, masked inside them, its quoting kept."""
+    out, i = [], 0
+    while i < len(raw):
+        if raw.startswith("$(", i):
+            j = _close(raw, i + 1)
+            out.append("$(" + _mask_shell(raw[i + 2:j - 1], found, depth + 1) + raw[j - 1:j])
+            i = j
+        elif raw[i] == "`":
+            j = _tick_end(raw, i + 1)
+            out.append("`" + _mask_shell(raw[i + 1:j], found, depth + 1) + raw[j:j + 1])
+            i = j + 1
+        else:
+            out.append(raw[i])
+            i += 1
+    return _mask_patterns("".join(out), found)
+
+
+def _adjacent_run(tokens: list[_Token], i: int) -> tuple[int, int]:
+    """(index of the next token, end) of the words and operators glued to tokens[i] (no space between),
+    trailing operators left out: `)x0`, `|#x` or `ab;cd` in an argv joined by spaces is one value,
+    `x;` is a value and a `;`. A `#` glued on is no comment there: it ends at the next space."""
+    j = i + 1
+    while j < len(tokens) and tokens[j].start == tokens[j - 1].end and tokens[j].value != "\n":
+        if tokens[j].kind == "comment":
+            space = re.search(r"\s", tokens[j].value)
+            return j + 1, tokens[j].start + (space.start() if space else len(tokens[j].value))
+        j += 1
+    while j > i and tokens[j - 1].kind == "op":
+        j -= 1
+    return j, tokens[j - 1].end if j > i else tokens[i].start
+
+
+def _mask_tokens(text: str, tokens: list[_Token], found: set[str], depth: int, raw: bool = True) -> str:
+    pieces: list[tuple[int, int, str]] = []
+    secret_next: int | str = 0
+    prev: str | None = None
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if token.kind == "word":
+            prev, before = token.value, prev
+        else:
+            prev = before = None
+        if token.kind == "comment" and secret_next and not token.value.startswith("# "):
+            word = re.match(r"\S+", token.value)[0]  # `--api-key #x1`: in a joined argv, the value
+            found.add(word)
+            pieces.append((token.start, token.start + len(word), MASK))
+            secret_next = 0
+            continue
+        if token.kind == "comment":
+            body = _mask_value(token.value[1:], found, depth)
+            if body != token.value[1:]:
+                pieces.append((token.start, token.end, "#" + body))
+            secret_next = 0
+            continue
+        if secret_next and not _FLAG_WORD.match(token.value):  # `--auth --port 80`: --auth was a switch
+            end, stop = _adjacent_run(tokens, i - 1)
+            if end == i - 1:  # an operator alone: the flag had no value
+                secret_next = 0
+                continue
+            if secret_next == "user":
+                secret_next = 0
+                if ":" in token.value:
+                    user, _, password = token.value.partition(":")
+                    pieces.append((token.start, token.end, f"{_quote(user)}:{_found(password, found)}"))
+                continue
+            if secret_next == "header":
+                secret_next = 1
+                if token.value.lower() in _AUTH_SCHEMES:
+                    continue  # `Authorization: Bearer X`: the scheme stays, X is the secret
+            secret_next -= 1
+            if end > i:  # a value with operators glued to it: all of it
+                found.add(text[token.start:stop])
+                pieces.append((token.start, stop, MASK))
+                i = end
+                continue
+            pieces.append((token.start, token.end, _secret_value(token.value, found)))
+            continue
+        if token.kind == "op":
+            secret_next = 0
+            continue
+        bare = raw and bool(_ASSIGN_WORD.match(text[token.start:token.end]))
+        new, secret_next = _mask_word(token, found, depth, before, bare)
+        if new is not None and raw and not new.endswith(MASK) and re.search(r"\$\(|`", text[token.start:token.end]):
+            new = _mask_substitutions(text[token.start:token.end], found, depth)  # keep `$(...)` as written
+        if new is not None and new.endswith("=" + MASK):  # a secret's value may have operators glued to it
+            end, stop = _adjacent_run(tokens, i - 1)
+            if end > i:
+                found.add(text[token.start:stop].partition("=")[2])
+                pieces.append((token.start, stop, new))
+                i = end
+                continue
+        if new is not None:
+            pieces.append((token.start, token.end, new))
+    for start, end, new in reversed(pieces):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _mask_shell(text: str, found: set[str], depth: int = 0) -> str:
+    return _mask_tokens(text, _shell_tokens(text), found, depth)
+
+
+def _mask_value(value: str, found: set[str], depth: int) -> str:
+    """A word's value: shell text itself when it has spaces (`bash -c '...'`, `"Authorization: Bearer X"`),
+    then headers, URLs, JSON keys in it."""
+    if depth < _MASK_WORD_LIMIT and re.search(r"\s", value) and not value.lstrip().startswith(("{", "[")):
+        tokens = _shell_tokens(value)
+        if not (len(tokens) == 1 and tokens[0].value == value):  # else it is one word: nothing new inside
+            value = _mask_tokens(value, tokens, found, depth + 1)
+    return _mask_patterns(value, found)
+
+
+# the same shapes in any text, for what is no valid shell: `bash -c HF_TOKEN=x cmd` from a joined argv
+_VALUE = r"""("(?:\\.|[^"\\])*"|'[^']*'|[^\s;&|()<>'"]+)"""
+_P_AUTH = re.compile(r"""(?i)\b((?:proxy-)?authorization["']?\s*[:=]\s*["']?\s*)"""
+                     r"""(?:((?:bearer|basic|token|digest|apikey)\s+))?([^\s"',;}]+)""")
+_P_BEARER = re.compile(r"(?i)\b(bearer\s+)([^\s\"',;}]+)")
+_P_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/?#@'\"]+)@")
+_P_QUERY = re.compile(r"([?&])([\w.-]+)=([^&#\s'\"]*)")
+_P_JSON = re.compile(r"""(["'])([\w.-]+)\1(\s*:\s*)(["'])((?:\\.|(?!\4).)*)\4""")
+_P_ASSIGN = re.compile(r"(?<![\w$./-])([A-Za-z_][A-Za-z0-9_]*)(\+?=)" + _VALUE)
+_P_FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w.-]*)(=|[ \t]+)" + _VALUE)
+_USERINFO_TOKEN_LEN = 16  # a user name alone in a URL is a token when it is this long (https://ghp_...@host)
+
+
+def _found(value: str, found: set[str]) -> str:
+    if value and MASK not in value:
+        found.add(value.strip("'\""))
+    return MASK
+
+
+def _userinfo(m: re.Match, found: set[str]) -> str:
+    user, colon, password = m[2].partition(":")
+    if colon:
+        return f"{m[1]}{user}:{_found(password, found)}@"
+    return f"{m[1]}{_found(user, found)}@" if len(user) >= _USERINFO_TOKEN_LEN else m[0]
+
+
+def _mask_patterns(text: str, found: set[str]) -> str:
+    text = _P_AUTH.sub(lambda m: f"{m[1]}{m[2] or ''}{_found(m[3], found)}", text)
+    text = _P_BEARER.sub(lambda m: f"{m[1]}{_found(m[2], found)}", text)
+    text = _P_URL.sub(lambda m: _userinfo(m, found), text)
+    text = _P_QUERY.sub(lambda m: f"{m[1]}{m[2]}={_found(m[3], found)}" if is_secret_key(m[2]) else m[0], text)
+    text = _P_JSON.sub(lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4]}{_found(m[5], found)}{m[4]}"
+                       if is_secret_key(m[2]) and MASK not in m[5] else m[0], text)
+    text = _P_ASSIGN.sub(lambda m: f"{m[1]}{m[2]}{_found(m[3], found)}"
+                         if is_secret_name(m[1]) else m[0], text)
+    return _P_FLAG.sub(lambda m: f"{m[1]}{m[2]}{_found(m[3], found)}"
+                       if is_secret_key(m[1]) and not m[3].startswith("-") else m[0], text)
+
+
+_MIN_FOUND_LEN = 6  # shorter values found by a rule are masked where they stand, not everywhere
+
+
+def _finish(text: str, found: set[str], env: dict[str, str] | None) -> str:
+    text = _mask_patterns(text, found)
+    values = {v for v in found if len(v) >= _MIN_FOUND_LEN and v != MASK}
+    values |= {v for k, v in (env or {}).items() if is_secret_name(k) and len(v) >= 4}
+    for value in sorted(values, key=len, reverse=True):  # the longest first: one may hold another
+        text = text.replace(value, MASK)
+    return text
+
+
+def mask_secrets(text: str, env: dict[str, str] | None = None) -> str:
+    """Shell text (a recipe, a process's command line) with every secret in it replaced by ****.
+
+    >>> mask_secrets("cd /srv && HF_TOKEN=hf_abc vllm serve m --api-key sk-123 --port 8000")
+    'cd /srv && HF_TOKEN=**** vllm serve m --api-key **** --port 8000'
+    >>> mask_secrets("export HF_TOKEN=x; curl -H 'Authorization: Bearer sk-1' https://me:pw@host/v1")
+    "export HF_TOKEN=****; curl -H 'Authorization: Bearer ****' https://me:****@host/v1"
+
+    Values of secret-named variables in `env` are masked wherever they appear.
+    """
+    found: set[str] = set()
+    return _finish(_mask_shell(text, found), found, env)
+
+
+def mask_argv(argv: list[str]) -> str:
+    """A process's command line as gpuops shows it (its words joined by spaces), secrets masked.
+
+    >>> mask_argv(["vllm", "serve", "m", "--api-key", "sk-123", "--served-model-name", "it's"])
+    "vllm serve m --api-key **** --served-model-name it's"
+    """
+    tokens, at = [], 0
+    for arg in argv:
+        tokens.append(_Token("word", at, at + len(arg), arg))
+        at += len(arg) + 1
+    found: set[str] = set()
+    return _finish(_mask_tokens(" ".join(argv), tokens, found, 0, raw=False), found, None)
 
 
 @dataclass(frozen=True)
@@ -94,11 +503,12 @@ class ServerRecipe:
         return found
 
     def display(self, mask: bool = True) -> str:
-        """What the user sees: the environment as `export` lines, then the command."""
-        lines = [f"export {k}={MASK if mask and is_secret_name(k) else shlex.quote(v)}" for k, v in self.env.items()]
-        command = self.script if self.shell else shlex.join(self.argv)
-        lines.append(mask_secrets(command, self.env) if mask else command)
-        return "\n".join(lines)
+        """What the user sees: the environment as `export` lines, then the command; masked, the
+        whole of it goes through mask_secrets (a non-secret variable can hold https://user:pw@...)."""
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()]
+        lines.append(self.script if self.shell else shlex.join(self.argv))
+        text = "\n".join(lines)
+        return mask_secrets(text, self.env) if mask else text
 
 
 @dataclass

@@ -22,7 +22,14 @@ from gpuops.errors import GpuopsError, Interrupted, StartupFailed
 from gpuops.rundir import RunDir
 from gpuops.server import engines, procs, state
 from gpuops.server.health import record_healthy
-from gpuops.server.launch import Endpoint, endpoint_of, launch_banner, launch_recorded, output_offset
+from gpuops.server.launch import (
+    Endpoint,
+    endpoint_of,
+    launch_banner,
+    launch_recorded,
+    output_offset,
+    pause_point,
+)
 from gpuops.server.logs import shown
 from gpuops.server.preflight import GpuPolicy, check_gpus, check_paths, check_port
 from gpuops.server.recipes import ServerRecipe
@@ -81,6 +88,7 @@ def start_server(
     confirm: Callable[[str], bool] | None = None,
     smoke: Smoke | None = None,
     lock_timeout: float | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> StartResult:
     """Preflight, launch detached, watch until ready; then smoke it (`smoke(record)`) and gather the
     banner's GPU and model-file lines. An already running, healthy server is reused as it is.
@@ -88,7 +96,9 @@ def start_server(
     `write` gets gpuops' progress lines, `stream` the server's log while it starts (default: `write`).
     `cwd` is where the command runs (default: the folder of its AGENTS.local.md). `gpu`: the GPU
     preflight's settings (None: no GPU check); `confirm` asks before --kill-gpu-procs kills (None:
-    nobody can answer). `smoke(record)` returns (summary line, error or None).
+    nobody can answer). `smoke(record)` returns (summary line, error or None). `meanwhile()` runs
+    once the server is launched, while it loads (e.g. importing what the banner needs): work there
+    does not delay the report of ready, work before the launch delays the server.
     """
     stream = stream or write
     cwd = Path(cwd) if cwd is not None else recipe.path.resolve().parent  # commands are relative to their file
@@ -106,31 +116,50 @@ def start_server(
                            stop_timeout=stop_timeout, gpu_check=gpu_check)
         if claim.reused is not None:
             return StartResult(claim.reused, None, already_running=True)
-        outcome = wait_until_ready(claim.record.log_path, claim.engine, claim.record.url, exit_code=claim.exit_code,
-                                   write=stream, offset=claim.offset, hang_timeout=hang_timeout,
-                                   start_timeout=start_timeout)
+        rec = claim.record
+        models = model_lines(recipe, rec)  # while the model loads: a slow disk costs nothing here
+        if meanwhile is not None:
+            meanwhile()
+        watch_began = time.time()
+        outcome = wait_until_ready(rec.log_path, claim.engine, rec.url, exit_code=claim.exit_code,
+                                   write=stream, say=write, offset=claim.offset, hang_timeout=hang_timeout,
+                                   start_timeout=start_timeout, tree=_tree_of(rec),
+                                   port_given=claim.port_given)
+        if claim.reattached:  # "ready in" counts from the server's start, not from this watch
+            outcome.elapsed = max(outcome.elapsed, watch_began + outcome.elapsed - rec.started_at)
     except KeyboardInterrupt:
         raise _interrupted_start(run_dir, recipe.name) from None
+    pause_point("ready")
     record = _finish(claim.record, outcome, run_dir, stop_timeout, keep_on_failure)
     result = StartResult(record, outcome)
     if smoke is not None:
         result.smoke_line, result.smoke_error = smoke(record)
-    result.gpu_lines, result.model_lines = banner_facts(recipe, record)
+    result.gpu_lines, result.model_lines = banner_facts(recipe, record, models=models)
     return result
 
 
-def banner_facts(recipe: ServerRecipe, record: StateRecord) -> tuple[list[str], list[str]]:
+def banner_facts(recipe: ServerRecipe, record: StateRecord, *,
+                 models: list[str] | None = None) -> tuple[list[str], list[str]]:
     """The ready banner's GPU lines (name, memory) and model-file lines (what its paths hold)."""
     from gpuops.gpu import inventory as gpus
 
     inv = gpus.inventory()
-    models = [f"{path}: {n} model file(s)" for path, n in gpus.count_model_files(recipe.argv, record.cwd)]
-    return gpus.banner_lines(inv, record.gpus), models
+    return gpus.banner_lines(inv, record.gpus), models if models is not None else model_lines(recipe, record)
+
+
+def model_lines(recipe: ServerRecipe, record: StateRecord) -> list[str]:
+    """What the model paths of the command hold: "/models/llama: 4 model file(s)"."""
+    from gpuops.gpu.model_files import count_model_files
+
+    return [f"{path}: {n} model file(s)" for path, n in count_model_files(recipe.argv, record.cwd)]
 
 
 def _interrupted_start(run_dir: RunDir, name: str) -> BaseException:
     """Ctrl-C during a start: if a server of this name is left starting, say so and how to go on."""
-    rec = state.load(run_dir, name)
+    try:
+        rec = state.load(run_dir, name)
+    except GpuopsError:  # the record is unusable: nothing of ours to point at
+        return KeyboardInterrupt()
     if rec is None or rec.ready_at or not procs.matches(rec.pid, rec.create_time):
         return KeyboardInterrupt()
     return Interrupted(f"stopped watching; '{rec.name}' is still starting (pid {rec.pid}, log {shown(rec.log_path)})",
@@ -147,6 +176,19 @@ class _Claim:
     engine: engines.Engine | None = None
     exit_code: Callable[[], int | None] | None = None
     offset: int = 0
+    port_given: bool = True  # the port is the command's own (else learned from the ready line or the socket)
+    reattached: bool = False  # another gpuops launched it: watching it from the middle of its start
+
+
+def _tree_of(record: StateRecord) -> Callable[[], list[int]]:
+    """The PIDs of this server's own process tree (the port must be held by one of them to be ready)."""
+    return lambda: [p.pid for p in procs.server_tree(record.pid, record.create_time, record.pgid, record.tag)]
+
+
+def port_given(recipe: ServerRecipe, engine: engines.Engine) -> bool:
+    """Whether the command itself names its port (else the engine's default is only a guess)."""
+    names = ("--port",) if engine.name == "comfyui" else ("--port", "-p")
+    return recipe.option(*names) is not None
 
 
 def _exit_code_of(pid: int, create_time: float) -> Callable[[], int | None]:
@@ -159,7 +201,7 @@ def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engin
            gpu_check: Callable[[list[int]], list[int]]) -> _Claim:
     """Under the lock: reuse the running server, reattach to one still starting, or preflight and launch."""
     replaced: list[int] = []
-    existing = state.load(run_dir, recipe.name)
+    existing = _load_or_set_aside(run_dir, recipe.name, write)
     if existing and procs.matches(existing.pid, existing.create_time):
         if restart:
             write(f"restarting: stopping '{recipe.name}' (pid {existing.pid}) first")
@@ -183,7 +225,8 @@ def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engin
             write(f"'{recipe.name}' is already starting (pid {existing.pid}); watching it")
             return _Claim(record=existing, engine=engines.ENGINES.get(existing.engine, engine),
                           exit_code=_exit_code_of(existing.pid, existing.create_time),
-                          offset=output_offset(existing.log_path))
+                          offset=output_offset(existing.log_path), port_given=port_given(recipe, engine),
+                          reattached=True)
     check_paths(recipe, cwd)
     check_port(ep)
     gpus = gpu_check(replaced)
@@ -191,23 +234,53 @@ def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engin
         write(line)
     record, proc, header_len = launch_recorded(recipe, run_dir, cwd, ep, engine, gpus)
     write(f"started '{recipe.name}': pid {proc.pid}, log {shown(record.log_path)}")
-    return _Claim(record=record, engine=engine, exit_code=proc.poll, offset=header_len)
+    return _Claim(record=record, engine=engine, exit_code=proc.poll, offset=header_len,
+                  port_given=port_given(recipe, engine))
+
+
+def _load_or_set_aside(run_dir: RunDir, name: str, write: Write) -> StateRecord | None:
+    """The server's record; an unusable one is renamed out of the way (and said so): it never blocks a start."""
+    try:
+        return state.load(run_dir, name)
+    except state.CorruptRecord as err:
+        moved = state.set_aside(err)
+        write(f"set aside the unusable state record {shown(err.path)} ({err.reason}) as {shown(moved)}")
+        return None
 
 
 def _finish(record: StateRecord, outcome: Outcome, run_dir: RunDir, stop_timeout: float,
             keep_on_failure: bool) -> StateRecord:
     """Save ready onto the record (only onto its own: never over a server that replaced it), or raise."""
     with state.server_lock(run_dir, record.name, lambda line: None, 60.0):
-        latest = state.load(run_dir, record.name)
+        try:
+            latest = state.load(run_dir, record.name)
+        except state.CorruptRecord:  # not ours any more: whatever wrote it, ready is not written over it
+            latest = None
         ours = latest is not None and latest.pid == record.pid and latest.create_time == record.create_time
         if ours:
             record = latest  # a stop-server meanwhile has marked it stopped
             if outcome.state == "ready":
                 record.ready_at = time.time()
+                if outcome.url and outcome.url != record.url:  # the port it really listens on
+                    record.url, record.port = outcome.url, outcome.port
                 state.save(run_dir, record)
     if outcome.state == "ready":
         return record
+    if latest is not None and not ours and latest.pid != record.pid and outcome.state == "exited":
+        raise StartupFailed(f"server '{record.name}' (pid {record.pid}) was replaced before it was ready: "
+                            f"{replaced_by(latest)}",
+                            hint=f"`{command_for('start-server', record.name)}` watches the new one")
     raise startup_error(record, outcome, stop_timeout, keep_on_failure, run_dir)
+
+
+def replaced_by(latest: StateRecord) -> str:
+    """Who replaced a server: the new server's PID, user and start (a --restart from another gpuops)."""
+    try:
+        user = procs.user_of(procs.psutil.Process(latest.pid))
+    except procs.psutil.Error:
+        user = "?"
+    return (f"a restart (`--restart` from another gpuops) started pid {latest.pid} (user {user}) at "
+            f"{state.started_text(latest)}")
 
 
 def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, keep: bool,
@@ -235,13 +308,23 @@ def startup_error(record: StateRecord, outcome: Outcome, stop_timeout: float, ke
             details += [f"survived SIGKILL: pid {v.pid}: {v.command}" for v in report.survivors]
         hint = (cause.hint if cause and cause.hint else "read the log") + f"; full log: {log}"
         return StartupFailed(what, details=details, hint=hint)
-    if outcome.state == "hung":
+    if outcome.state == "not_listening":
+        what = (f"server '{record.name}' printed its ready line but is not listening on any port "
+                f"({outcome.elapsed:.0f} s after the start)")
+        details.insert(0, f"ready line: {outcome.ready_line}")
+        raise_it = "the server said it was ready but opened no socket: read the log around its ready line"
+    elif outcome.state == "hung":
         what = (f"server '{record.name}' looks hung: no log output for {outcome.quiet:.0f} s and not ready "
                 f"after {outcome.elapsed:.0f} s")
         raise_it = "if it loads silently for long, raise --hang-timeout"
     else:
         what = f"server '{record.name}' was not ready within the start-up limit ({outcome.elapsed:.0f} s)"
         raise_it = "if it needs longer (a download, a big model), raise --start-timeout"
+    if outcome.stranger:
+        details.insert(0, outcome.stranger)
+    elif outcome.port_guessed and record.port is not None:
+        raise_it += (f"; if it listens elsewhere than port {record.port} (its command does not say), "
+                     "put --port in its command in AGENTS.local.md")
     if keep:
         hint = (f"it is still running (pid {record.pid}): inspect it (`py-spy dump --pid {record.pid}`), "
                 f"then `{command_for('stop-server', record.name)}`; full log: {log}")
@@ -272,7 +355,14 @@ def follow_server(record: StateRecord, write: Write, poll: float = 0.1, run_dir:
         write(f"stopped following; '{record.name}' is still running (pid {record.pid}): "
               f"`{command_for('stop-server', record.name)}` stops it")
         return
-    latest = state.load(run_dir, record.name) if run_dir is not None else None
+    latest = None
+    if run_dir is not None:
+        # a --restart holds the lock from stopping the old server until the new one is recorded
+        with state.server_lock(run_dir, record.name, lambda line: None, 60.0):
+            latest = state.load(run_dir, record.name)
+    if latest is not None and latest.pid != record.pid and latest.started_at >= record.started_at:
+        write(f"'{record.name}' (pid {record.pid}) was replaced: {replaced_by(latest)}; stopped following")
+        return
     if latest is not None and latest.pid == record.pid and latest.stopped_at:
         write(f"'{record.name}' was stopped (stop-server); stopped following")
         return

@@ -11,6 +11,9 @@ A PID alone is not an identity (PIDs are reused), so a record keeps the process 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import functools
 import json
 import os
 import sys
@@ -19,8 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpuops.errors import GpuopsError, ServerNotRunning
-from gpuops.rundir import RunDir
+from gpuops.errors import GpuopsError, ServerNotRunning, UsageError
+from gpuops.rundir import RunDir, write_private
 
 TAG_VAR = "GPUOPS_SERVER"  # set in the server's environment; children inherit it
 
@@ -54,33 +57,210 @@ def _path(run_dir: RunDir, name: str) -> Path:
     return run_dir.state / f"{name}.json"
 
 
+def _explains_write_errors(save_fn):
+    """An OSError while saving a record becomes run_folder_error (and leaves no temporary file behind)."""
+
+    @functools.wraps(save_fn)
+    def save(run_dir: RunDir, record: StateRecord) -> Path:
+        try:
+            return save_fn(run_dir, record)
+        except OSError as err:
+            path = _path(run_dir, record.name)
+            with contextlib.suppress(OSError):
+                path.with_suffix(f".tmp{os.getpid()}").unlink(missing_ok=True)
+            raise run_folder_error(path, err) from None
+
+    return save
+
+
+@_explains_write_errors
 def save(run_dir: RunDir, record: StateRecord) -> Path:
     """Write atomically: readers never see half a record."""
     path = _path(run_dir, record.name)
     run_dir.ensure(path.parent)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(record), indent=2))
+    write_private(tmp, json.dumps(asdict(record), indent=2))  # 0600: it holds the command
     os.replace(tmp, path)
     return path
 
 
 def load(run_dir: RunDir, name: str) -> StateRecord | None:
+    """The record of server `name`; None when there is none; CorruptRecord when its file cannot be used
+    (not JSON, the wrong shape, a folder), GpuopsError when it cannot be read."""
     path = _path(run_dir, name)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # no record, or no run folder that could hold one
         return None
-    except (json.JSONDecodeError, OSError):
-        return None
-    known = StateRecord.__dataclass_fields__
-    return StateRecord(**{k: v for k, v in data.items() if k in known})
+    except IsADirectoryError:
+        raise CorruptRecord(path, "it is a folder, not a file") from None
+    except OSError as err:
+        raise GpuopsError(f"cannot read the state record {_shown(path)}: {err.strerror or err}",
+                          hint=f"check its owner and permissions (`ls -l {_shown(path)}`)") from None
+    try:
+        return record_from(raw, name)
+    except ValueError as err:
+        raise CorruptRecord(path, str(err)) from None
 
 
-def all_records(run_dir: RunDir) -> list[StateRecord]:
+def all_records(run_dir: RunDir, on_corrupt: Callable[[CorruptRecord], None] | None = None) -> list[StateRecord]:
+    """Every record, by name. A corrupt one raises CorruptRecord, or goes to `on_corrupt` and is skipped."""
     if not run_dir.state.is_dir():
         return []
-    names = sorted(p.stem for p in run_dir.state.glob("*.json"))
-    return [r for r in (load(run_dir, n) for n in names) if r is not None]
+    records = []
+    for name in sorted(p.stem for p in run_dir.state.glob("*.json")):
+        try:
+            rec = load(run_dir, name)
+        except CorruptRecord as err:
+            if on_corrupt is None:
+                raise
+            on_corrupt(err)
+            continue
+        if rec is not None:
+            records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------- unusable records and run folders
+
+
+class CorruptRecord(GpuopsError):
+    """A state record gpuops cannot use: `start-server` sets it aside (`set_aside`), other tasks name it."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(
+            f"the state record {_shown(path)} is unusable: {reason}",
+            hint=f"`{command_for('start-server', path.stem)}` sets it aside (renames it), or move it away yourself; "
+                 "if a server it described still runs, `inv stop-server --port PORT` stops it")
+        self.path = Path(path)
+        self.reason = reason
+
+
+_NUMBER = (int, float)
+# field -> (JSON types it may hold, whether null is allowed); fields not listed are not type-checked
+_SHAPE: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), False), "pid": ((int,), False), "create_time": (_NUMBER, False), "pgid": ((int,), False),
+    "tag": ((str,), False), "host": ((str,), False), "port": ((int,), True), "url": ((str,), True),
+    "log_path": ((str,), False), "command": ((str,), False), "cwd": ((str,), False), "engine": ((str,), False),
+    "started_at": (_NUMBER, False), "ready_at": (_NUMBER, True), "health_path": ((str,), True),
+    "gpus": ((list,), False), "stopped_at": (_NUMBER, True),
+}
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, as a reason names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, _NUMBER):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def record_from(raw: bytes | str, name: str) -> StateRecord:
+    """The record in a state file's text, or ValueError saying what is wrong with it (pure).
+
+    >>> record_from(b"[]", "server")
+    Traceback (most recent call last):
+    ValueError: it holds an array, not a JSON object
+    >>> record_from('{"name": "server", "pid": "abc"}', "server")
+    Traceback (most recent call last):
+    ValueError: fields missing: create_time, pgid, tag, host, port, url, log_path, command, cwd, engine
+    """
+    if not (raw.strip() if isinstance(raw, str) else raw.strip()):
+        raise ValueError("it is empty")
+    try:
+        data = json.loads(raw)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"it is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds {_kind(data)}, not a JSON object")
+    fields = StateRecord.__dataclass_fields__
+    required = [k for k, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"fields missing: {', '.join(missing)}")
+    for key, (types, nullable) in _SHAPE.items():
+        if key not in data or (data[key] is None and nullable):
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = {(int,): "a whole number", _NUMBER: "a number"}.get(types) or _kind(types[0]())
+            raise ValueError(f'"{key}" is {_clip(value)} ({_kind(value)}), not {want}')
+    if data["name"] != name:
+        raise ValueError(f'"name" is {_clip(data["name"])}, but the file is the record of \'{name}\'')
+    if data["pid"] <= 0 or data["pgid"] < 0:  # pgid 0: no group of its own to signal
+        raise ValueError(f'"pid" {data["pid"]} / "pgid" {data["pgid"]}: not a process ID')
+    if data["port"] is not None and not 0 < data["port"] < 65536:
+        raise ValueError(f'"port" {data["port"]} is not a port number')
+    gpus = data.get("gpus", [])
+    if any(isinstance(g, bool) or not isinstance(g, int) for g in gpus):
+        raise ValueError(f'"gpus" is {_clip(gpus)}, not a list of GPU indices')
+    return StateRecord(**{k: v for k, v in data.items() if k in fields})
+
+
+def _clip(value: object, width: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def set_aside(err: CorruptRecord) -> Path:
+    """Rename an unusable record out of the way, so that a start never stops at it; returns the new path
+    (`server.json` -> `server.json.corrupt-20261122-101500`, which no task reads as a record)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while True:
+        target = err.path.with_name(f"{err.path.name}.corrupt-{stamp}" + (f"-{n}" if n > 1 else ""))
+        if not os.path.lexists(target):  # the caller holds the server's lock: nobody else renames it
+            break
+        n += 1
+    try:
+        os.rename(err.path, target)
+    except OSError as os_err:
+        raise run_folder_error(err.path, os_err) from None
+    return target
+
+
+def run_folder_error(path: Path, err: OSError) -> GpuopsError:
+    """What to tell the user when gpuops cannot write `path` in its run folder: which path, why, what to do.
+    A folder that is a file or a name too long is set-up (exit 2); a full disk, an I/O error exit 1."""
+    path = Path(path)
+    where = _shown(path)
+    code = err.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return GpuopsError(f"cannot write {where}: no space left on its filesystem",
+                           hint=f"free some space (`df -h {_shown(path.parent)}`), then run it again")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in [path, *path.parents] if os.path.lexists(p) and not p.is_dir()), None)
+        if blocker is not None:
+            what = f"{where} is a file" if blocker == path else f"cannot write {where}: {_shown(blocker)} is a file"
+            return UsageError(f"{what}, not a folder",
+                              hint=f"gpuops keeps its run folder there: move {_shown(blocker)} away, then run it again")
+    if code == errno.EISDIR or (code == errno.EEXIST and path.is_dir()):
+        return UsageError(f"cannot write {where}: it is a folder",
+                          hint=f"move {where} away, then run it again")
+    if code == errno.ENAMETOOLONG:
+        name = path.name if len(path.name) <= 60 else f"{path.name[:28]}...{path.name[-28:]}"
+        return UsageError(f"cannot write {_shown(path.parent)}/{name}: the name is too long for the filesystem "
+                          f"({len(path.name.encode())} bytes)",
+                          hint="give the server a shorter name (the heading of its block in AGENTS.local.md), "
+                               "or move the project to a shorter path")
+    if code == errno.EROFS:
+        return GpuopsError(f"cannot write {where}: the filesystem is read-only",
+                           hint="run gpuops where it can write its run folder (do_not_commit/)")
+    if code in (errno.EACCES, errno.EPERM):
+        return GpuopsError(f"cannot write {where}: permission denied",
+                           hint=f"check the owner and permissions of {_shown(path.parent)} (`ls -ld`)")
+    return GpuopsError(f"cannot write {where}: {err.strerror or err}",
+                       hint="check the disk and the run folder (do_not_commit/), then run it again")
+
+
+def _shown(path: Path) -> str:
+    from gpuops.server.logs import shown
+
+    return shown(path)
 
 
 def remove(run_dir: RunDir, name: str) -> None:
@@ -92,7 +272,7 @@ def lock(run_dir: RunDir, name: str, timeout: float = -1):
     from filelock import FileLock  # ~50 ms to import: not on `inv status`'s path
 
     run_dir.ensure(run_dir.state)
-    return FileLock(str(run_dir.state / f"{name}.lock"), timeout=timeout)
+    return FileLock(str(run_dir.state / f"{name}.lock"), timeout=timeout, mode=0o600)
 
 
 @contextlib.contextmanager
@@ -104,16 +284,19 @@ def server_lock(run_dir: RunDir, name: str, write: Callable[[str], None], timeou
     """
     from filelock import Timeout
 
-    held = lock(run_dir, name, timeout=timeout)
-    try:
-        held.acquire(timeout=0)
-    except Timeout:  # another gpuops is starting or stopping this server
-        write(f"another gpuops process is starting or stopping '{name}'; waiting for it...")
+    try:  # the run folder may be unusable: a file where a folder should be, a name too long, a full disk
+        held = lock(run_dir, name, timeout=timeout)
         try:
-            held.acquire()
-        except Timeout:
-            raise GpuopsError(f"gave up after {timeout:.0f} s waiting for another gpuops to start or stop "
-                              f"'{name}'", hint=f"see `inv status`; the lock is {held.lock_file}") from None
+            held.acquire(timeout=0)
+        except Timeout:  # another gpuops is starting or stopping this server
+            write(f"another gpuops process is starting or stopping '{name}'; waiting for it...")
+            try:
+                held.acquire()
+            except Timeout:
+                raise GpuopsError(f"gave up after {timeout:.0f} s waiting for another gpuops to start or stop "
+                                  f"'{name}'", hint=f"see `inv status`; the lock is {held.lock_file}") from None
+    except OSError as err:
+        raise run_folder_error(run_dir.state / f"{name}.lock", err) from None
     try:
         yield
     finally:
@@ -121,9 +304,11 @@ def server_lock(run_dir: RunDir, name: str, write: Callable[[str], None], timeou
 
 
 def mark_stopped(run_dir: RunDir, record: StateRecord) -> None:
-    """Before the first signal: a watcher or follower that sees the server exit knows it was asked to."""
+    """Before the first signal: a watcher or follower that sees the server exit knows it was asked to.
+    Best effort: a run folder that cannot take the write (a full disk) never keeps a server running."""
     record.stopped_at = time.time()
-    save(run_dir, record)
+    with contextlib.suppress(GpuopsError):
+        save(run_dir, record)
 
 
 def started_text(rec: StateRecord) -> str:

@@ -58,11 +58,13 @@ def server_state(record: state.StateRecord) -> tuple[str, bool]:
 
 def status(run_dir: RunDir) -> StatusResult:
     """Each server on record, in name order."""
+    from gpuops.server.recipes import mask_secrets  # records of older versions may hold a secret in clear
+
     out = []
     for r in state.all_records(run_dir):
         st, alive = server_state(r)
         out.append(ServerStatus(r.name, st, r.pid, r.port, r.url, r.uptime if alive else None, r.log_path,
-                                r.engine, r.command))
+                                r.engine, mask_secrets(r.command)))
     return StatusResult(out, str(run_dir.logs))
 
 

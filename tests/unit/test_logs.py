@@ -1,6 +1,7 @@
 """Run logs: never overwritten, newest last, tails and partial lines."""
 
 from gpuops.server.logs import LogReader, create_log, list_logs, tail_lines
+from support.fixtures import wait_for
 
 
 def test_two_logs_in_the_same_second_get_distinct_names(tmp_path):
@@ -53,3 +54,61 @@ def test_reader_shows_a_carriage_return_redrawn_line_as_a_terminal_would(tmp_pat
     assert r.read_lines() == ["100%|######|", "next"]
     assert r.read_lines() == [] and not r.grew
     r.close()
+
+
+def test_a_burst_is_read_in_bounded_chunks(tmp_path):
+    import tracemalloc
+
+    from gpuops.server.logs import MAX_PARTIAL, READ_CHUNK
+
+    p = tmp_path / "burst.log"
+    with open(p, "wb") as f:
+        for _ in range(40):  # 40 MB of log lines, as a server dumping its config in a loop
+            f.write(b"x" * 99 + b"\n" + (b"y" * 99 + b"\n") * 10_485)
+    tracemalloc.start()
+    total = 0
+    with LogReader(p) as r:
+        while True:
+            lines = r.read_lines()
+            if not lines and not r.more:
+                break
+            assert sum(len(line) + 1 for line in lines) <= READ_CHUNK + MAX_PARTIAL  # a chunk and a line begun
+            total += len(lines)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert total == 40 * 10_486
+    assert peak < 16 * READ_CHUNK  # a few chunks, never the burst
+
+
+def test_an_endless_line_is_held_bounded(tmp_path):
+    from gpuops.server.logs import MAX_PARTIAL
+
+    p = tmp_path / "one-line.log"
+    p.write_bytes(b"z" * (5 * MAX_PARTIAL))
+    with LogReader(p) as r:
+        while r.read_lines() or r.more:
+            pass
+        assert len(r.flush_partial()[0]) <= MAX_PARTIAL
+
+
+def test_follow_moves_to_a_newer_log_of_the_same_server_and_says_so(tmp_path):
+    import threading
+
+    from gpuops.server.logs import follow, newer_log
+
+    old = create_log(tmp_path, "server", now=1_700_000_000)
+    create_log(tmp_path, "locust", now=1_700_000_500)  # another kind: never followed into
+    lines: list[str] = []
+    done = threading.Event()
+    t = threading.Thread(target=follow, args=(old, lines.append), daemon=True,
+                         kwargs={"should_stop": done.is_set, "poll": 0.01,
+                                 "newer": lambda current: newer_log(tmp_path, current)})
+    t.start()
+    try:
+        new = create_log(tmp_path, "server", now=1_700_000_100)
+        new.write_text("new server line\n")
+        assert wait_for(lambda: "new server line" in lines, timeout=10), lines
+        assert any(new.name in line and "following it now" in line for line in lines)
+    finally:
+        done.set()
+        t.join(5)

@@ -126,3 +126,59 @@ def test_stopped_and_port_holding_commands_are_shown_with_secret_flags_masked():
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_processes_spawned_during_the_stop_are_killed_by_the_final_sweep():
+    # a server that ignores SIGTERM and, as it dies, has respawned a worker in a session of its own
+    p = spawn("""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(60)
+    """, start_new_session=True, stdout=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    late: list[subprocess.Popen] = []
+
+    def recollect():
+        if p.poll() is not None and not late:  # after the SIGKILL: a worker appears at the last moment
+            late.append(spawn("import time; time.sleep(60)", start_new_session=True))
+        return [psutil.Process(x.pid) for x in late if x.poll() is None]
+
+    try:
+        report = procs.stop_processes([psutil.Process(p.pid)], pgids=[p.pid], timeout=0.3, recollect=recollect)
+        assert late, "the stop never looked again after its SIGKILL"
+        assert wait_for(lambda: late[0].poll() is not None, timeout=5)  # killed by the sweep, and reaped
+        assert late[0].pid in {v.pid for v in report.stopped} and not report.survivors
+    finally:
+        for x in late:
+            if x.poll() is None:
+                x.kill()
+            x.wait()
+
+
+def test_tagged_never_lists_gpuops_or_its_ancestors():
+    tag = f"test:{os.getpid()}:{time.time()}"
+    # a parent that carries the tag (a shell started from the server's environment) asks for the tagged
+    code = textwrap.dedent(f"""
+        import subprocess, sys
+        child = subprocess.run([sys.executable, "-c", "from gpuops.server import procs; "
+                                "print(sorted(p.pid for p in procs.tagged({tag!r})))"],
+                               capture_output=True, text=True)
+        import os; print(os.getpid()); print(child.stdout.strip())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "GPUOPS_SERVER": tag}).stdout.split()
+    parent, found = int(out[0]), out[1]
+    assert str(parent) not in found and found == "[]"
+
+
+def test_stop_processes_never_signals_its_own_process_group_as_a_group():
+    # a tagged process sharing gpuops' own group: stopped one by one, never by killpg of our group
+    p = spawn("import time; time.sleep(60)")
+    try:
+        report = procs.stop_processes([psutil.Process(p.pid)], pgids=[os.getpgid(0)], timeout=5)
+        assert [v.pid for v in report.stopped] == [p.pid] and p.poll() is not None
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()

@@ -83,12 +83,16 @@ def load_test(cli: dict, *, config: dict | None = None, agents_file: str | Path 
     returned at once (its folder and log in the result) instead of followed."""
     require_locust()
     opts = resolve_options(cli, config=config, agents_file=agents_file)
+    if opts.workers_on:  # every worker host reachable, with gpuops and Locust, before any folder is made
+        from gpuops.hosts.workers import check
+
+        check(opts)
     if json and opts.web:
         raise UsageError("--web and --json do not go together: the web UI is driven from your browser, "
                          "there is no result to print", hint="drop --web (or --json)")
     from gpuops.probes.target import first_recipe_name
 
-    p = prepare(opts, run_dir=run_dir, default_name=first_recipe_name(agents_file))
+    p = prepare(opts, run_dir=run_dir, default_name=first_recipe_name(agents_file), write=write)
     if opts.detach:
         return run_detached(p, write, follow=not json)
     return run_foreground(p, write)
@@ -104,19 +108,27 @@ def recipe_flags(agents_file: str | Path | None) -> dict:
     from gpuops.server.recipes import load_recipes
 
     words = list(load_recipes(path).load_test_args or [])
-    return options.parse_flag_words(words, source=f"{path}, '## Load test' block")
+    return options.parse_flag_words(words, source=f"{path}, '## Load test' block", base=path.parent)
 
 
-def prepare(opts: options.LoadTestOptions, *, run_dir: RunDir, default_name: str | None = None) -> Prepared:
+def prepare(opts: options.LoadTestOptions, *, run_dir: RunDir, default_name: str | None = None,
+            write: Write | None = None) -> Prepared:
     """Find and check the server (the one which-server rule: `default_name` is the first recipe's), then
     create the report folder, the log and plan.json."""
     if opts.out:
         runner.check_out_dir(Path(opts.out))  # before the server is even asked: a usage error comes first
     target = runner.preflight(runner.resolve_target(opts, run_dir, default_name=default_name), opts)
+    rows: list[dict] = []
+    if not getattr(opts, "locustfile", None):  # gpuops' own user: token counting, context check, dataset
+        from gpuops.probes.loadtest import workloads
+
+        target, rows = workloads.prepare(opts, target, write or (lambda line: None))
     from gpuops.server.logs import create_log
 
     report_dir = runner.claim_out_dir(Path(opts.out)) if opts.out else create_run_folder(run_dir.load_tests)
     log_path = create_log(run_dir.logs, "locust")
+    if rows:
+        target = workloads.save(target, rows, report_dir)
     plan_path = runner.write_plan(report_dir, opts, target, log_path)
     return Prepared(opts, target, report_dir, log_path, plan_path)
 

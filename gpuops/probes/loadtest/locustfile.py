@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import time
 from http.client import HTTPException
@@ -37,6 +38,7 @@ from locust import User, events, task
 
 from gpuops.probes.loadtest import prompts
 from gpuops.probes.loadtest.arrivals import ArrivalSchedule
+from gpuops.probes.loadtest.lengths import Lengths
 from gpuops.probes.loadtest.metrics import reason_key, tpot_ms
 from gpuops.probes.openai import (
     API_PATHS,
@@ -64,9 +66,28 @@ with open(_plan_path, encoding="utf-8") as _f:
     PLAN: dict = json.load(_f)
 WORKER = int(os.environ.get(WORKER_ENV, "0"))
 OUT_DIR = PLAN["out_dir"]
-API_PATH = urlsplit(PLAN["url"]).path.rstrip("/") + API_PATHS[PLAN["api"]]
+EMBEDDINGS = PLAN["api"] == "embeddings"
+API_PATH = urlsplit(PLAN["url"]).path.rstrip("/") + ("/v1/embeddings" if EMBEDDINGS else API_PATHS[PLAN["api"]])
 MODELS_PATH = urlsplit(PLAN["url"]).path.rstrip("/") + "/v1/models"
-BASE_WORDS = prompts.base_words(PLAN["seed"])
+# the workload (gpuops.probes.loadtest.workloads): exact-token prompts when the plan carries a calibration
+WORKLOAD = PLAN.get("workload") or {}
+MAKER = prompts.PromptMaker(PLAN["seed"], WORKLOAD.get("calibration"), PLAN.get("shared_prefix_tokens") or 0)
+PROMPT_LENGTHS = Lengths.of(PLAN["prompt_tokens"])
+# --max-tokens dataset: each dataset prompt's own answer length (64 where its row gives none)
+OUTPUT_LENGTHS = None if PLAN["max_tokens"] == "dataset" else Lengths.of(PLAN["max_tokens"])
+LENGTH_RNG = random.Random(f"{PLAN['seed']}-{WORKER}")  # seeded: the same run draws the same lengths
+TURNS = int(PLAN.get("turns") or 1)
+
+
+def _dataset() -> list[dict]:
+    path = (WORKLOAD.get("dataset") or {}).get("file")
+    if not path:
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+DATASET = _dataset()
 
 
 class RequestError(Exception):
@@ -163,12 +184,13 @@ def _excerpt(raw: bytes) -> str:
 
 
 def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: bool,
-            heard: dict | None = None) -> dict:
+            heard: dict | None = None, text: list | None = None) -> dict:
     """Send one request and time it to the chunk; the fields of its record (no identity, no wall times).
 
     `heard["last"]` (and the process-wide STATE.last_data) get the perf time of every arrival from
     the server, so a request cut off mid-way can tell how long it had heard nothing.
     Raises GreenletExit through (the user was stopped); every other problem becomes a failed record.
+    `text` (a list) gets the answer's text pieces (multi-turn sessions carry the answer on).
     """
     heard = {} if heard is None else heard
     rec: dict = {"ok": False, "error": None, "error_kind": None, "status": None, "ttft_ms": None,
@@ -213,9 +235,13 @@ def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: 
                 data = json.loads(body)
             except ValueError:
                 return _fail(rec, t0, "http", f"the answer is not JSON: {_excerpt(body)}", end=end)
+            rec["e2el_ms"] = (end - t0) * 1000.0
+            if EMBEDDINGS:
+                return _embedding(rec, t0, data, end)
             rec["prompt_tokens"], rec["output_tokens"] = usage_tokens(data)
             rec["tokens_from"] = "usage" if rec["output_tokens"] is not None else None
-            rec["e2el_ms"] = (end - t0) * 1000.0
+            if text is not None and isinstance(data, dict):
+                text.append(chunk_text({"choices": data.get("choices")}))
             if rec["output_tokens"] is None:
                 return _fail(rec, t0, "no_usage", "the answer has no usage.completion_tokens to count tokens")
             rec["ok"] = True
@@ -252,7 +278,10 @@ def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: 
                 continue
             if isinstance(choices[0], dict) and choices[0].get("finish_reason"):
                 finished = True
-            if chunk_text(chunk):
+            piece = chunk_text(chunk)
+            if piece:
+                if text is not None:
+                    text.append(piece)
                 if last is None:
                     rec["ttft_ms"] = (now - t0) * 1000.0
                 else:
@@ -284,6 +313,17 @@ def measure(http: HTTPClient, path: str, payload: bytes, headers: dict, stream: 
                      f"{type(err).__name__})", resp=resp)
 
 
+def _embedding(rec: dict, t0: float, data, end: float) -> dict:
+    """An embeddings answer: a `data` list of vectors; input tokens from usage, no output tokens."""
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list) or not data["data"]:
+        return _fail(rec, t0, "http", "the answer has no 'data' list of embeddings", end=end)
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    prompt = usage.get("prompt_tokens")
+    rec.update(ok=True, output_tokens=0, prompt_tokens=prompt if isinstance(prompt, int) else None,
+               tokens_from="usage" if isinstance(prompt, int) else None)
+    return rec
+
+
 def _fail(rec: dict, t0: float, kind: str, reason: str, resp=None, end: float | None = None) -> dict:
     rec["ok"] = False
     rec["error_kind"] = kind
@@ -304,6 +344,9 @@ class LLMUser(User):
         return self._pause
 
     def on_start(self):
+        self.history: list[dict] = []  # --turns: this user's conversation so far
+        self.turn = 0
+        self.conversation = None
         self.http = self._client()
         self.headers = headers(PLAN["stream"])  # with OPENAI_API_KEY as a Bearer token when it is set
         self._warm_up()
@@ -338,19 +381,46 @@ class LLMUser(User):
         finally:
             self._pause = 0.0
 
-    def _payload(self, seq: int) -> bytes:
+    def _salt(self, seq: int) -> list[str]:
+        """The words that make this request's prompt a prefix-cache miss ([] with --shared-prefix)."""
         if PLAN["shared_prefix"]:
-            if STATE.shared_body is None:
-                STATE.shared_body = self._encode(prompts.build_prompt(BASE_WORDS, PLAN["prompt_tokens"], None))
-            return STATE.shared_body
-        salt = prompts.salt(PLAN["run_id"], WORKER, seq)
-        return self._encode(prompts.build_prompt(BASE_WORDS, PLAN["prompt_tokens"], salt))
+            return []
+        return MAKER.salt(PLAN["run_id"], WORKER, seq)  # words whose tokens are known: the count stays exact
 
-    @staticmethod
-    def _encode(prompt: str) -> bytes:
-        body = request_body(PLAN["api"], PLAN.get("model"), prompt, max_tokens=PLAN["max_tokens"],
+    def _payload(self, seq: int) -> tuple[bytes, dict]:
+        """The request's body, and what it asks for: `prompt_tokens` (as built; None for a dataset prompt
+        the tokenizer did not count), `max_tokens`, `user` (its user message, for a chat session)."""
+        max_tokens = OUTPUT_LENGTHS.sample(LENGTH_RNG) if OUTPUT_LENGTHS is not None else 64
+        salt = self._salt(seq)
+        messages = None
+        if DATASET:
+            row = DATASET[(seq - 1 + WORKER * 7919) % len(DATASET)]
+            if OUTPUT_LENGTHS is None:
+                max_tokens = row.get("output_tokens") or 64
+            n = row.get("prompt_tokens")
+            if "messages" in row:
+                messages = [dict(m) for m in row["messages"]]
+                if salt:
+                    messages[0]["content"] = " ".join(salt) + " " + messages[0]["content"]
+                prompt = messages[-1]["content"]
+            else:
+                prompt = " ".join([*salt, row["prompt"]]) if salt else row["prompt"]
+            n = None if salt else n
+        else:
+            n = PROMPT_LENGTHS.sample(LENGTH_RNG)
+            use_prefix = bool(MAKER.prefix) and LENGTH_RNG.random() < float(PLAN.get("shared_prefix_share") or 1.0)
+            prompt = MAKER.make(n, salt, use_prefix)
+        if EMBEDDINGS:
+            body = {**({"model": PLAN["model"]} if PLAN.get("model") else {}), "input": prompt}
+            return json.dumps(body).encode(), {"prompt_tokens": n, "max_tokens": None, "user": None}
+        body = request_body(PLAN["api"], PLAN.get("model"), prompt, max_tokens=max_tokens,
                             stream=PLAN["stream"], ignore_eos=PLAN.get("ignore_eos", False))
-        return json.dumps(body).encode()
+        user = {"role": "user", "content": prompt}
+        if messages is not None:
+            body["messages"] = messages
+        elif TURNS > 1:
+            body["messages"] = [*self.history, user]  # the conversation so far, then this turn's question
+        return json.dumps(body).encode(), {"prompt_tokens": n, "max_tokens": max_tokens, "user": user}
 
     @task
     def generate(self):
@@ -367,9 +437,15 @@ class LLMUser(User):
             if due_perf > time.perf_counter():
                 self._sleep(due_perf - time.perf_counter())
         seq = STATE.next_seq()
-        payload = self._payload(seq)
+        if TURNS > 1 and self.turn == 0:
+            self.history, self.conversation = [], f"w{WORKER}-{seq}"
+        payload, asked = self._payload(seq)
         record = {"id": f"w{WORKER}-{seq}", "worker": WORKER, "start": time.time(), "end": None,
-                  "due": None, "lag_ms": None, "cancelled": False, "stream": PLAN["stream"]}
+                  "due": None, "lag_ms": None, "cancelled": False, "stream": PLAN["stream"],
+                  "max_tokens": asked["max_tokens"]}
+        if TURNS > 1:
+            record.update(conversation=self.conversation, turn=self.turn + 1)
+        answer: list[str] | None = [] if TURNS > 1 else None
         sent_perf = time.perf_counter()
         if due_perf is not None:
             record["lag_ms"] = round((sent_perf - due_perf) * 1000.0, 3)
@@ -379,7 +455,7 @@ class LLMUser(User):
             STATE.busy_since = sent_perf
         STATE.in_flight += 1
         try:
-            result = measure(self.http, API_PATH, payload, self.headers, PLAN["stream"], heard)
+            result = measure(self.http, API_PATH, payload, self.headers, PLAN["stream"], heard, answer)
         except Exception as err:  # a bug in this file must show as failures, not as a spinning loop
             logging.exception("gpuops client error")
             result = {"ok": False, "error": f"gpuops client error: {type(err).__name__}: {err}",
@@ -408,7 +484,11 @@ class LLMUser(User):
             self.http.close()
             self.http = self._client()
         if result.get("prompt_tokens") is None and result["ok"]:
-            result["prompt_tokens"] = PLAN["prompt_tokens"]  # the server gave no usage: words sent
+            result["prompt_tokens"] = asked["prompt_tokens"]  # the server gave no usage: as built
+        if TURNS > 1:
+            # the next turn carries this one; a failed turn (or the last) ends the conversation
+            self.history += [asked["user"], {"role": "assistant", "content": "".join(answer or [])}]
+            self.turn = self.turn + 1 if result["ok"] and self.turn + 1 < TURNS else 0
         record.update(result)
         record["end"] = record["start"] + record["e2el_ms"] / 1000.0
         if STATE.interrupted:

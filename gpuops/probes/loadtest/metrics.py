@@ -391,3 +391,138 @@ def sweep_row(level: float, summary: dict, client: dict | None = None) -> dict:
     row.update({k: summary.get(k) for k in SWEEP_KEYS})
     row["client_bound"] = bool(client and client.get("client_bound"))
     return row
+
+
+# ---------------------------------------------------------------- steady state
+
+
+def ramp_s(users: int, spawn_rate: float) -> float:
+    """How long Locust takes to start every user. It starts them in batches of floor(spawn_rate) (at least
+    one), a batch every batch / spawn_rate s, the first at once.
+
+    >>> ramp_s(32, 4.0), ramp_s(4, 4.0), ramp_s(4, 2.0), ramp_s(3, 0.5)
+    (7.0, 0.0, 1.0, 4.0)
+    """
+    if spawn_rate <= 0 or users <= 1:
+        return 0.0
+    batch = max(1, math.floor(spawn_rate))
+    return (math.ceil(users / batch) - 1) * batch / spawn_rate
+
+
+def all_running_at(records: list[dict], users: int) -> float | None:
+    """When the load first had `users` requests in flight at once (every user running), from start/end
+    times; None if it never did (failures that back off, a run too short for the ramp)."""
+    events = sorted([(r["start"], 1) for r in records if r.get("start") is not None and r.get("end") is not None]
+                    + [(r["end"], -1) for r in records if r.get("start") is not None and r.get("end") is not None])
+    now = 0
+    for t, step in events:  # at equal times an end (-1) sorts first: a freed user is reused at once
+        now += step
+        if now >= users:
+            return t
+    return None
+
+
+def steady_window(records: list[dict], *, users: int, spawn_rate: float, mode: str = "users",
+                  warmup_s: float = 0.0, cooldown_s: float = 0.0) -> dict:
+    """The steady-state window of a run: from when every user runs (+ `warmup_s`) to when the load
+    stopped (the last request sent, - `cooldown_s`). Epoch seconds `start`/`end`, plus `ramp_s` (from the
+    first request to all users running) and `ramp_from` (`observed`: `users` requests were in flight at
+    once; `expected`: the spawn schedule, in --qps mode or when that never happened). `start` is None
+    when nothing was sent; `empty` says why a window has no length.
+
+    >>> rs = [{"start": 0.0 + i, "end": 10.0} for i in range(4)] + [{"start": 10.0, "end": 12.0}]
+    >>> w = steady_window(rs, users=4, spawn_rate=1.0)
+    >>> w["start"], w["end"], w["ramp_s"], w["ramp_from"]
+    (3.0, 10.0, 3.0, 'observed')
+    """
+    sent = [r for r in records if r.get("start") is not None]
+    out = {"start": None, "end": None, "ramp_s": None, "ramp_from": None, "warmup_s": warmup_s,
+           "cooldown_s": cooldown_s, "empty": None}
+    if not sent:
+        out["empty"] = "no request was sent"
+        return out
+    t0 = min(r["start"] for r in sent)
+    load_end = max(r["start"] for r in sent)
+    seen = all_running_at(sent, users) if mode == "users" else None
+    if seen is not None:
+        ramp_end, out["ramp_from"] = seen, "observed"
+    else:
+        ramp_end, out["ramp_from"] = t0 + ramp_s(users, spawn_rate), "expected"
+    out["ramp_s"] = ramp_end - t0
+    start, end = ramp_end + warmup_s, load_end - cooldown_s
+    out["start"], out["end"] = start, end
+    if end <= start:
+        out["empty"] = (f"the load stopped {load_end - t0:.1f} s after the first request, before the ramp "
+                        f"({ramp_end - t0:.1f} s) + warm-up ({warmup_s:g} s) + cool-down ({cooldown_s:g} s) were over")
+    return out
+
+
+STEADY_KEYS = ("completed", "failed", "duration", "request_throughput", "output_throughput",
+               "total_token_throughput", "request_goodput")
+
+
+def steady_state(records: list[dict], *, users: int, spawn_rate: float, mode: str = "users",
+                 warmup_s: float = 0.0, cooldown_s: float = 0.0, slo: dict[str, float] | None = None) -> dict:
+    """The run's statistics inside its steady-state window (see steady_window), next to the whole run's.
+
+    Rates count what happened inside the window per second of it: requests that finished in it,
+    output tokens streamed in it (each chunk at its own arrival time), input tokens of the requests
+    that finished in it. Latencies are those of the requests sent inside it. The ramp (users still
+    starting) and the drain (the last answers after the load stopped) are outside, so a 32-user run
+    that ramps at 4 users/s no longer reads low.
+    """
+    w = steady_window(records, users=users, spawn_rate=spawn_rate, mode=mode, warmup_s=warmup_s,
+                      cooldown_s=cooldown_s)
+    t0 = min((r["start"] for r in records if r.get("start") is not None), default=None)
+    out: dict = {"window": {"start_s": None if w["start"] is None else w["start"] - t0,
+                            "end_s": None if w["end"] is None else w["end"] - t0,
+                            "ramp_s": w["ramp_s"], "ramp_from": w["ramp_from"], "warmup_s": warmup_s,
+                            "cooldown_s": cooldown_s, "users": users, "empty": w["empty"]}}
+    if w["empty"] is not None:
+        return out
+    start, end = w["start"], w["end"]
+    width = end - start
+    done = [r for r in records if not r.get("cancelled") and r.get("start") is not None and r.get("end") is not None]
+    ended = [r for r in done if start <= r["end"] <= end]
+    ok_ended = [r for r in ended if r.get("ok")]
+    sent_in = [r for r in done if start <= r["start"] <= end and r.get("ok")]
+    out_tokens = 0.0
+    for r in done:
+        if not r.get("ok"):
+            continue
+        out_tok = r.get("output_tokens") or 0
+        if r.get("ttft_ms") is None:  # not streamed: every token arrives at the end
+            out_tokens += out_tok if start <= r["end"] <= end else 0
+            continue
+        times = [r["start"] + r["ttft_ms"] / 1000.0]
+        for gap in r.get("itl_ms") or ():
+            times.append(times[-1] + gap / 1000.0)
+        out_tokens += out_tok / len(times) * sum(1 for t in times if start <= t <= end)
+    in_tokens = sum(r.get("prompt_tokens") or 0 for r in ok_ended)
+    out.update({"completed": len(ok_ended), "failed": len(ended) - len(ok_ended), "duration": width,
+                "total_output_tokens": out_tokens, "request_throughput": len(ok_ended) / width,
+                "output_throughput": out_tokens / width, "total_token_throughput": (out_tokens + in_tokens) / width})
+    slo = {k: float(v) for k, v in (slo or {}).items() if v is not None}
+    out["request_goodput"] = (sum(1 for r in ok_ended if meets_slo(r, slo)) / width) if slo else None
+    ttfts = [r["ttft_ms"] for r in sent_in if r.get("ttft_ms") is not None]
+    tpots = [t for t in (tpot_ms(r.get("e2el_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in sent_in)
+             if t is not None]
+    itls = [gap for r in sent_in for gap in (r.get("itl_ms") or ())]
+    e2els = [r["e2el_ms"] for r in sent_in if r.get("e2el_ms") is not None]
+    for name, values in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        out.update(_flat(name, describe(values)))
+    return out
+
+
+def slo_share(records: list[dict], slo: dict[str, float]) -> float | None:
+    """The share of the requests that ended (completed or failed; cut-off ones left out) that completed
+    within every SLO: a failed request misses them all. None when none ended.
+
+    >>> slo_share([{"ok": True, "ttft_ms": 90.0, "e2el_ms": 500.0, "output_tokens": 10},
+    ...            {"ok": True, "ttft_ms": 300.0, "e2el_ms": 900.0, "output_tokens": 10}], {"ttft": 100.0})
+    0.5
+    """
+    ended = [r for r in records if not r.get("cancelled")]
+    if not ended:
+        return None
+    return sum(1 for r in ended if r.get("ok") and meets_slo(r, slo)) / len(ended)

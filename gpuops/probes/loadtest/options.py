@@ -19,6 +19,7 @@ the block's closed-loop `--users 4` would otherwise become a cap of 4 requests i
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, replace
 
@@ -30,8 +31,12 @@ from gpuops.settings import SETTINGS
 SETTING_OF = {key: f"load_{key}" for key in (
     "users", "spawn_rate", "run_time", "prompt_tokens", "max_tokens", "stream", "chat", "qps", "arrival", "seed",
     "workers", "sweep", "detach", "web", "shared_prefix", "slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms",
-    "request_timeout", "out")}
+    "request_timeout", "out", "warmup", "cooldown", "find_max", "slo_quantile", "locustfile", "workers_on")}
 SETTING_OF.update({"model": "model", "url": "url", "server": "server"})
+# workloads (gpuops.probes.loadtest.workloads): what the requests are made of
+WORKLOAD_KEYS = ("tokenizer", "dataset", "max_prompts", "dataset_min_tokens", "dataset_max_tokens",
+                 "shared_prefix_tokens", "shared_prefix_share", "turns")
+SETTING_OF.update({key: f"load_{key}" for key in (*WORKLOAD_KEYS, "embeddings")})
 
 
 def builtin(option: str):
@@ -60,6 +65,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--arrival": ("arrival", None),
     "--seed": ("seed", None),
     "--workers": ("workers", None),
+    "--workers-on": ("workers_on", None),
     "--sweep": ("sweep", None),
     "--shared-prefix": ("shared_prefix", True),
     "--no-shared-prefix": ("shared_prefix", False),
@@ -68,11 +74,25 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--slo-e2el-ms": ("slo_e2el_ms", None),
     "--request-timeout": ("request_timeout", None),
     "--url": ("url", None),
+    "--warmup": ("warmup", None),
+    "--cooldown": ("cooldown", None),
+    "--find-max": ("find_max", True),
+    "--slo-quantile": ("slo_quantile", None),
+    "--locustfile": ("locustfile", None),
+}
+FLAGS.update({f"--{key.replace('_', '-')}": (key, None) for key in WORKLOAD_KEYS})
+FLAGS["--embeddings"] = ("api", "embeddings")
+# Locust's own spellings of what gpuops means too (`locust -f FILE -u 16 -r 16 -t 1m --headless` pasted into
+# the '## Load test' block); the one-letter ones only there: gpuops' tasks have long flags only
+LOCUST_SPELLINGS: dict[str, tuple[str, object]] = {
+    "-u": ("users", None), "-r": ("spawn_rate", None), "-t": ("run_time", None), "-H": ("url", None),
+    "--host": ("url", None), "--processes": ("workers", None), "--headless": ("headless", True),
+    "-f": ("locustfile", None),
 }
 FLAG_OF = {key: flag for flag, (key, const) in FLAGS.items() if const is None}
 FLAG_OF.update({"stream": "--stream/--no-stream", "api": "--chat/--completion",
                 "shared_prefix": "--shared-prefix/--no-shared-prefix",
-                "web": "--web", "detach": "--detach", "out": "--out", "server": "--server"})
+                "web": "--web", "detach": "--detach", "out": "--out", "server": "--server", "headless": "--headless"})
 
 OFF = ("off", "none")  # `--qps off`: the flag is not set, whatever AGENTS.local.md says
 SLO_KEYS = ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms")
@@ -116,6 +136,21 @@ class LoadTestOptions:
     web: bool = builtin("web")
     detach: bool = builtin("detach")
     out: str | None = None
+    warmup_s: float = 0.0
+    cooldown_s: float = 0.0
+    find_max: bool = False
+    slo_quantile: float = 0.99
+    locustfile: str | None = None  # the user's own locustfile (-f), run instead of gpuops' user
+    locust_args: tuple[str, ...] = ()  # words for that locustfile that gpuops does not know
+    tokenizer: str | None = None  # a local Hugging Face tokenizer; default: the server's /tokenize
+    dataset: str | None = None  # a JSONL / ShareGPT file, or `builtin`
+    max_prompts: int | None = None
+    dataset_min_tokens: int | None = None
+    dataset_max_tokens: int | None = None
+    shared_prefix_tokens: int = 0  # every (or --shared-prefix-share of the) prompt(s) starts with these tokens
+    shared_prefix_share: float = 1.0
+    turns: int = 1  # chat sessions: each user carries its conversation for this many turns
+    workers_on: tuple[str, ...] = ()  # hosts running --workers Locust workers each (gpuops.hosts.workers)
 
     @property
     def mode(self) -> str:
@@ -134,27 +169,63 @@ class LoadTestOptions:
         users = int(level)
         return replace(self, users=users, spawn_rate=float(users), sweep=())
 
+    @property
+    def ramp_s(self) -> float:
+        """Seconds Locust takes to start every user (batches of floor(spawn_rate) users, one batch a second)."""
+        from gpuops.probes.loadtest.metrics import ramp_s
+
+        return ramp_s(self.users, self.spawn_rate)
+
+    @property
+    def locust_run_time_s(self) -> int:
+        """How long Locust sends load: --run-time of steady state, after a ramp of a second or more and the
+        warm-up, plus the cool-down (edges that steady_state leaves out, so they must not eat --run-time)."""
+        ramp = math.ceil(self.ramp_s) if self.ramp_s >= 1 else 0
+        return int(math.ceil(self.run_time_s + ramp + self.warmup_s + self.cooldown_s))
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["sweep"] = list(self.sweep)
+        d["locust_args"] = list(self.locust_args)
+        d["workers_on"] = list(self.workers_on)
         return d
 
 
 # ---------------------------------------------------------------- words -> values
 
 
-def parse_flag_words(words: list[str], source: str) -> dict:
-    """Flags written as command-line words (the AGENTS.local.md block) -> {option key: value}."""
+def parse_flag_words(words: list[str], source: str, base=None) -> dict:
+    """Flags written as command-line words (the AGENTS.local.md block) -> {option key: value}.
+
+    Locust's own command works too: `locust -f FILE -u 16 -r 16 -t 1m --headless -H URL --processes 4`;
+    with -f the words gpuops does not know go to that locustfile (`locust_args`), without it they are an
+    error that names the nearest gpuops flag. A relative -f path is taken from `base` (the block's folder).
+
+    >>> sorted(parse_flag_words(["locust", "-u", "8", "-t", "1m", "--headless"], source="block").items())
+    [('headless', (True, 'block')), ('run_time', ('1m', 'block')), ('users', ('8', 'block'))]
+    """
     values: dict = {}
+    words = list(words)
+    for prefix in (["locust"], ["python", "-m", "locust"], ["python3", "-m", "locust"]):
+        if words[:len(prefix)] == prefix:
+            words = words[len(prefix):]
+    user_file = any(w in ("-f", "--locustfile") or w.startswith(("-f=", "--locustfile=")) for w in words)
+    passed: list[str] = []
     i = 0
     while i < len(words):
         word = words[i]
         name, eq, inline = word.partition("=")
-        if name not in FLAGS:
-            known = " ".join(sorted(FLAGS))
-            what = "unknown load-test flag" if word.startswith("-") else "unexpected word"
-            raise UsageError(f"{source}: {what} {word!r}", hint=f"the load-test block takes: {known}")
-        key, const = FLAGS[name]
+        spelled = FLAGS.get(name) or LOCUST_SPELLINGS.get(name)
+        if spelled is None:
+            if user_file and word.startswith("-"):  # for the user's locustfile, with the words that follow
+                passed.append(word)
+                i += 1
+                while i < len(words) and not words[i].startswith("-"):
+                    passed.append(words[i])
+                    i += 1
+                continue
+            raise _unknown_word(word, name, source)
+        key, const = spelled
         if const is not None:
             if eq:
                 raise UsageError(f"{source}: {name} takes no value (got {word!r})")
@@ -169,7 +240,27 @@ def parse_flag_words(words: list[str], source: str) -> dict:
             i += 2
         else:
             raise UsageError(f"{source}: {name} needs a value", hint=f"e.g. {name} {_example(key)}")
+    if values.get("workers") is not None and str(values["workers"]).strip() == "-1":  # Locust: one per core
+        values["workers"] = str(os.cpu_count() or 1)
+    if values.get("locustfile") and base is not None and not os.path.isabs(values["locustfile"]):
+        values["locustfile"] = os.path.join(str(base), values["locustfile"])
+    if passed:
+        values["locust_args"] = tuple(passed)
     return {k: (v, source) for k, v in values.items()}
+
+
+def _unknown_word(word: str, name: str, source: str) -> UsageError:
+    """An unknown word in the block, named with the nearest gpuops flag."""
+    import difflib
+
+    if not word.startswith("-"):
+        return UsageError(f"{source}: unexpected word {word!r}",
+                          hint=f"the load-test block takes flags: {' '.join(sorted(FLAGS))}")
+    near = difflib.get_close_matches(name, [*FLAGS, *LOCUST_SPELLINGS], n=1, cutoff=0.5)
+    nearest = f"the nearest gpuops flag is {near[0]}" if near else "no gpuops flag is near it"
+    return UsageError(f"{source}: unknown load-test flag {word!r} ({nearest})",
+                      hint=f"Locust's other flags go to your own locustfile only: add -f FILE; "
+                           f"gpuops' flags: {' '.join(sorted(FLAGS))}")
 
 
 def merge(recipe: dict, cli: dict, config: dict | None = None) -> dict:
@@ -201,9 +292,20 @@ def from_command_line(flags: dict) -> dict:
             raise UsageError(f"--{a} and --{b} contradict each other", hint=f"give one of --{a}, --{b}")
         if given_yes or given_no:
             cli[key] = ("chat" if given_yes else "completion") if key == "api" else bool(given_yes)
-    for key in ("web", "detach"):
+    if cli.pop("embeddings", False):
+        if cli.get("api"):
+            raise UsageError(f"--embeddings and --{cli['api']} contradict each other",
+                             hint="give one of --embeddings, --chat, --completion")
+        cli["api"] = "embeddings"
+    for key in ("web", "detach", "find_max", "headless"):
         if key in cli:
             cli[key] = cli[key] or None  # a yes/no flag not given is False: let lower layers speak
+    for alias, key in (("host", "url"), ("processes", "workers")):  # Locust's long spellings
+        value = cli.pop(alias, None)
+        if value is not None:
+            if cli.get(key) is not None:
+                raise UsageError(f"--{alias} and --{key} say the same thing: give one of them")
+            cli[key] = str(os.cpu_count() or 1) if str(value).strip() == "-1" else value
     return {k: v for k, v in cli.items() if v is not None}
 
 
@@ -218,10 +320,14 @@ def from_config(get) -> dict:
         if value is None:
             continue
         source = f"gpuops.{setting}"
-        if key in ("stream", "shared_prefix", "web", "detach", "chat"):
+        if key in ("stream", "shared_prefix", "web", "detach", "chat", "find_max"):
             value = flag(source, value)
         if key == "chat":
             key, value = "api", ("chat" if value else "completion")
+        if key == "embeddings":
+            if not flag(source, value):
+                continue
+            key, value = "api", "embeddings"
         layer[key] = (value, source)
     return layer
 
@@ -238,13 +344,40 @@ def check_value(key: str, value, source: str = "command line"):
     if source.startswith("--"):  # gpuops.settings.check(..., flag="--users"): the flag names itself
         source = "command line"
     if key in ("prompt_tokens", "max_tokens"):
-        return _int(key, value, source, 1, 1_000_000)
+        from gpuops.probes.loadtest.lengths import LengthError, parse
+
+        if key == "max_tokens" and str(value).strip().lower() == "dataset":
+            return "dataset"  # each dataset prompt's own answer length (checked with --dataset below)
+        try:
+            return parse(value)  # an int (fixed), or a distribution's text: uniform:64,256, normal:512,64
+        except LengthError as err:
+            raise _bad(key, value, source, f"must be {err}") from None
+    if key in (*WORKLOAD_KEYS, "embeddings"):
+        return _workload_value(key, value, source)
     if key == "users":
         return _int(key, value, source, 1, 100_000)
+    if key == "workers_on":  # hosts, comma-separated: --workers-on gpu2,gpu3 ('off': none)
+        from gpuops.hosts.hosts import split_names
+
+        names = split_names(value)
+        return None if not names or _is_off(key, value) else tuple(names)
     if key == "workers":
         return _int(key, value, source, 1, MAX_WORKERS)
     if key == "seed":
         return _int(key, value, source, 0)
+    if key in ("warmup", "cooldown"):
+        seconds = parse_timespan(value)
+        if seconds is None:
+            raise _bad(key, value, source, "must be a duration like 5s, 10, 1m (0: none)")
+        return seconds
+    if key == "slo_quantile":
+        return _quantile(value, source)
+    if key == "locustfile":
+        if not str(value).strip():
+            raise _bad(key, value, source, "must name a locustfile")
+        return str(value)
+    if key == "locust_args":
+        return tuple(value)
     if key == "run_time":
         seconds = parse_timespan(value)
         if seconds is None or seconds < 1:
@@ -266,21 +399,36 @@ def check_value(key: str, value, source: str = "command line"):
         return normalize_url(value, source)
     if key == "sweep":
         return None if str(value).strip().lower() in OFF else _sweep(value, source, qps_mode=False, check_only=True)
-    if key in ("stream", "shared_prefix", "web", "detach", "chat"):
+    if key in ("stream", "shared_prefix", "web", "detach", "chat", "find_max", "headless"):
         if isinstance(value, bool):
             return value
         from gpuops.settings import flag
 
         return flag(source if source != "command line" else FLAG_OF.get(key, key), value)
     if key == "api":
-        if str(value) not in ("chat", "completion"):
-            raise _bad(key, value, source, "must be chat or completion")
+        if str(value) not in ("chat", "completion", "embeddings"):
+            raise _bad(key, value, source, "must be chat, completion or embeddings")
         return str(value)
     return None if value is None else str(value)
 
 
+def _quantile(value, source: str) -> float:
+    """0.99, 99 or 99%: the share of requests that must meet the SLOs, as a fraction."""
+    text = str(value).strip().rstrip("%")
+    try:
+        number = float(text)
+    except ValueError:
+        raise _bad("slo_quantile", value, source, "must be a share like 0.99, 99 or 99%") from None
+    if number > 1:
+        number /= 100.0
+    if not math.isfinite(number) or not 0 < number <= 1:
+        raise _bad("slo_quantile", value, source, "must be a share above 0 and at most 100%")
+    return number
+
+
 def _example(key: str) -> str:
-    return {"run_time": "30s", "sweep": "1,2,4,8", "arrival": "poisson", "url": "http://127.0.0.1:8000",
+    return {"run_time": "30s", "warmup": "5s", "cooldown": "5s", "slo_quantile": "0.99",
+            "locustfile": "benchmark/load_test.py", "sweep": "1,2,4,8", "arrival": "poisson", "url": "http://127.0.0.1:8000",
             "model": "Qwen/Qwen3-8B"}.get(key, "8")
 
 
@@ -361,9 +509,9 @@ def build_options(merged: dict) -> LoadTestOptions:
 
     kw: dict = {}
     turned_off = set()
-    for key in ("prompt_tokens", "max_tokens", "workers", "seed", "run_time", "qps", "spawn_rate", *SLO_KEYS,
+    for key in ("prompt_tokens", "max_tokens", "workers", "workers_on", "seed", "run_time", "qps", "spawn_rate", *SLO_KEYS,
                 "request_timeout", "arrival", "model", "url", "stream", "shared_prefix", "web", "detach", "api",
-                "server", "out"):
+                "server", "out", "warmup", "cooldown", "find_max", "slo_quantile", "locustfile", "locust_args", "headless", *WORKLOAD_KEYS):
         value, src = get(key)
         if value is None:
             continue
@@ -371,7 +519,7 @@ def build_options(merged: dict) -> LoadTestOptions:
         if checked is None:  # `--qps off`, `--slo-ttft-ms 0`: not set, whatever a lower layer says
             turned_off.add(key)
             continue
-        kw["run_time_s" if key == "run_time" else key] = checked
+        kw[{"run_time": "run_time_s", "warmup": "warmup_s", "cooldown": "cooldown_s"}.get(key, key)] = checked
 
     qps_mode = kw.get("qps") is not None
     if qps_mode:
@@ -383,6 +531,10 @@ def build_options(merged: dict) -> LoadTestOptions:
             if key in merged and src not in ("command line", qps_source):
                 kw.pop(key, None)
                 merged = {k: v for k, v in merged.items() if k != key}
+    if "users" in merged and "spawn_rate" in merged and _below(merged["spawn_rate"][1], merged["users"][1]):
+        # the block's --spawn-rate was written for the block's --users: `--users 32` on the command line
+        # would otherwise ramp at the block's 4 users/s for 8 s
+        kw.pop("spawn_rate", None)
     value, src = get("users")
     users = _int("users", value, src, 1, 100_000) if value is not None else (
         DEFAULT_QPS_USERS if qps_mode else DEFAULT_USERS)
@@ -393,9 +545,84 @@ def build_options(merged: dict) -> LoadTestOptions:
     if value is not None and str(value).strip().lower() not in OFF:
         kw["sweep"] = _sweep(value, src, qps_mode)
 
+    headless = kw.pop("headless", None)
+    if headless and kw.get("web") and get("web")[1] == get("headless")[1]:
+        raise UsageError("--headless and --web contradict each other", hint="give one of them")
+    if headless and get("web")[1] != "command line":
+        kw["web"] = False  # --headless (Locust's spelling of gpuops' default) turns off a lower --web
     opts = LoadTestOptions(**kw)
     _check_combinations(opts, merged, qps_off="qps" in turned_off)
+    return _check_workload(opts, merged)
+
+
+def _workload_value(key: str, value, source: str):
+    if key == "embeddings":
+        from gpuops.settings import flag
+
+        return value if isinstance(value, bool) else flag(source if source != "command line" else "--embeddings",
+                                                          value)
+    if key in ("tokenizer", "dataset"):
+        if not str(value).strip():
+            raise _bad(key, value, source, "must not be empty")
+        return str(value).strip()
+    if key == "shared_prefix_share":
+        number = _float(key, value, source)
+        if number > 1:
+            raise _bad(key, value, source, "must be a share above 0 and at most 1 (e.g. 0.5)")
+        return number
+    if key == "turns":
+        return _int(key, value, source, 1, 1000)
+    if key == "shared_prefix_tokens":
+        return _int(key, value, source, 0, 1_000_000)
+    return _int(key, value, source, 1, 10_000_000)
+
+
+def _check_workload(opts: LoadTestOptions, merged: dict) -> LoadTestOptions:
+    """The workload flags among themselves (gpuops.probes.loadtest.workloads uses them)."""
+    from gpuops.probes.loadtest.lengths import Lengths
+
+    if opts.turns > 1 and opts.api != "chat":
+        raise UsageError(f"--turns {opts.turns} carries a chat conversation: it needs --chat",
+                         hint="add --chat, or drop --turns")
+    if opts.dataset is None:
+        if opts.max_tokens == "dataset":
+            raise UsageError("--max-tokens dataset takes each dataset prompt's answer length, but no --dataset "
+                             "is given", hint="add --dataset FILE, or give --max-tokens a number")
+        for key in ("max_prompts", "dataset_min_tokens", "dataset_max_tokens"):
+            if getattr(opts, key) is not None:
+                raise UsageError(f"{FLAG_OF[key]} filters a dataset, but no --dataset is given",
+                                 hint="add --dataset FILE (or --dataset builtin)")
+    elif opts.shared_prefix_tokens:
+        raise UsageError("--shared-prefix-tokens builds its own prompts; a --dataset brings its own",
+                         hint="drop one of them")
+    if (opts.dataset_min_tokens and opts.dataset_max_tokens and opts.dataset_min_tokens > opts.dataset_max_tokens):
+        raise UsageError(f"--dataset-min-tokens {opts.dataset_min_tokens} is above --dataset-max-tokens "
+                         f"{opts.dataset_max_tokens}: no prompt could pass")
+    if "shared_prefix_share" in merged and not opts.shared_prefix_tokens:
+        raise UsageError("--shared-prefix-share needs --shared-prefix-tokens N (the prefix to share)")
+    if opts.shared_prefix_tokens and opts.shared_prefix:
+        raise UsageError("--shared-prefix sends one identical prompt; --shared-prefix-tokens shares only its start",
+                         hint="give one of them")
+    low = Lengths.of(opts.prompt_tokens).low
+    if opts.shared_prefix_tokens and opts.shared_prefix_tokens >= low:
+        raise UsageError(f"--shared-prefix-tokens {opts.shared_prefix_tokens} leaves nothing of a prompt of "
+                         f"{low} token(s) to differ (--prompt-tokens {opts.prompt_tokens})",
+                         hint="make the prefix shorter than the shortest prompt")
+    if opts.api == "embeddings":
+        if opts.turns > 1:
+            raise UsageError("--turns is for chat sessions, not --embeddings")
+        if opts.slo_ttft_ms is not None or opts.slo_tpot_ms is not None:
+            raise UsageError("embeddings have no tokens to stream: --slo-ttft-ms and --slo-tpot-ms do not apply",
+                             hint="use --slo-e2el-ms")
+        opts = replace(opts, stream=False)  # an embedding answer is one JSON document
     return opts
+
+
+def _below(lower: str, higher: str) -> bool:
+    """Whether the source `lower` is a lower layer than `higher` (block < config < command line)."""
+    def rank(src: str) -> int:
+        return 2 if src == "command line" else 1 if src.startswith("gpuops.") else 0
+    return rank(lower) < rank(higher)
 
 
 def _sweep(value, source: str, qps_mode: bool, check_only: bool = False) -> tuple[float, ...]:
@@ -423,6 +650,22 @@ def _sweep(value, source: str, qps_mode: bool, check_only: bool = False) -> tupl
 
 
 def _check_combinations(opts: LoadTestOptions, merged: dict, qps_off: bool = False) -> None:
+    if opts.find_max and not opts.slo:
+        raise UsageError("--find-max searches for the highest load that meets SLOs, but none is given",
+                         hint="add --slo-ttft-ms and/or --slo-tpot-ms (or --slo-e2el-ms)")
+    for flag_, on in (("--sweep", bool(opts.sweep)), ("--web", opts.web), ("--locustfile", bool(opts.locustfile))):
+        if opts.find_max and on:
+            raise UsageError(f"--find-max and {flag_} do not go together: --find-max picks its own load levels",
+                             hint=f"drop {flag_} (or --find-max)")
+    if opts.locustfile:
+        if not os.path.isfile(opts.locustfile):
+            src = merged.get("locustfile", (None, "command line"))[1]
+            raise UsageError(f"locustfile {opts.locustfile} not found (from {src})",
+                             hint="-f takes a path to your locustfile, relative to the AGENTS.local.md folder "
+                                  "in the '## Load test' block, to the current folder on the command line")
+        if opts.sweep:
+            raise UsageError("--sweep runs gpuops' own user; your locustfile (-f) runs once",
+                             hint="drop --sweep, or drop -f to sweep with gpuops' user")
     if not opts.stream and (opts.slo_ttft_ms is not None or opts.slo_tpot_ms is not None):
         raise UsageError("--slo-ttft-ms and --slo-tpot-ms need streamed answers, but --no-stream is set",
                          hint="drop --no-stream, or use --slo-e2el-ms alone")

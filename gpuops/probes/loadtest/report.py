@@ -17,13 +17,15 @@ import io
 import json
 from pathlib import Path
 
+from gpuops.rundir import open_private
+
 ROWS = (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2EL", "e2el"))
 COLUMNS = ("mean", "median", "p90", "p95", "p99", "max")
 
 
 def write_json(path: Path, data) -> Path:
-    """Write a new JSON file; an existing one is never overwritten (mode 'x')."""
-    with open(path, "x", encoding="utf-8") as f:
+    """Write a new JSON file, 0600; an existing one is never overwritten (mode 'x')."""
+    with open_private(path, "x", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
     return path
@@ -68,6 +70,7 @@ def summary_lines(s: dict) -> list[str]:
         lines.append(f"tokens: {s['total_output_tokens']} output ({s['output_throughput']:.1f} tok/s), "
                      f"{s['total_input_tokens']} input; total {s['total_token_throughput']:.1f} tok/s; "
                      f"mean {s['mean_output_tokens']:.1f} output tokens per request")
+    lines += steady_lines(s.get("steady"))
     if s.get("usage_missing"):
         lines.append(f"note: {s['usage_missing']} answer(s) carried no usage; their output tokens are counted "
                      "chunks, which servers may batch")
@@ -94,14 +97,39 @@ def summary_lines(s: dict) -> list[str]:
         lines.append("WARNING: client-bound: " + "; ".join(client["client_bound_reasons"])
                      + ". These numbers include the load generator's own delays; re-run with more --workers "
                      "(or fewer users per process).")
-    for reason, n in list((s.get("failure_reasons") or {}).items())[:8]:
-        lines.append(f"failed: {n} x {reason}")
+    return lines + outcome_lines(s)
+
+
+def outcome_lines(s: dict) -> list[str]:
+    """The closing lines of a summary: failures by cause, no success at all, a partial run."""
+    lines = [f"failed: {n} x {reason}" for reason, n in list((s.get("failure_reasons") or {}).items())[:8]]
     if not s.get("completed"):
         lines.append("NO REQUEST SUCCEEDED: there is no latency or throughput to report"
                      + (f" ({s['failed']} failed)" if s.get("failed") else ""))
     if s.get("partial"):
         lines.append(f"PARTIAL RESULTS: {s.get('status_reason') or s.get('status')}")
     return lines
+
+
+def steady_lines(st: dict | None) -> list[str]:
+    """The steady-state window as one line, next to the whole run's totals.
+
+    >>> steady_lines({"window": {"users": 32, "start_s": 7.8, "end_s": 37.8, "ramp_s": 7.8, "warmup_s": 0,
+    ...   "cooldown_s": 0, "empty": None}, "duration": 30.0, "completed": 400, "request_throughput": 13.3,
+    ...   "output_throughput": 851.2, "median_ttft_ms": 101.0, "median_tpot_ms": 20.1})[0]
+    'steady state (all 32 users running, 7.8-37.8 s after the first request): 400 completed in 30.0 s, 13.30 req/s, 851.2 output tok/s; TTFT p50 101.0 ms, TPOT p50 20.1 ms'
+    """
+    if not st:
+        return []
+    w = st.get("window") or {}
+    if w.get("empty"):
+        return [f"steady state: none ({w['empty']})"]
+    edges = [f"warm-up {w['warmup_s']:g} s" for _ in [0] if w.get("warmup_s")]
+    edges += [f"cool-down {w['cooldown_s']:g} s" for _ in [0] if w.get("cooldown_s")]
+    return [f"steady state (all {w.get('users')} users running, {w['start_s']:.1f}-{w['end_s']:.1f} s after the first "
+            f"request{'; ' + ', '.join(edges) + ' left out' if edges else ''}): {st['completed']} completed in "
+            f"{st['duration']:.1f} s, {st['request_throughput']:.2f} req/s, {st['output_throughput']:.1f} output "
+            f"tok/s; TTFT p50 {_ms(st.get('median_ttft_ms'))} ms, TPOT p50 {_ms(st.get('median_tpot_ms'))} ms"]
 
 
 def sweep_lines(rows: list[dict], mode: str) -> list[str]:
@@ -164,6 +192,11 @@ def warnings(s: dict) -> list[str]:
     return out
 
 
+def _save(fig, path: Path) -> None:
+    with open_private(path, "wb") as f:  # 0600 like the rest of the report
+        fig.savefig(f, dpi=100, format="png")
+
+
 def _pyplot():
     import matplotlib
 
@@ -207,7 +240,7 @@ def run_chart(records: list[dict], path: Path, title: str = "") -> Path:
     ax.set_xlabel(f"seconds since the first request (bins of {series['bin_s']:g} s)")
     fig.suptitle(title or "load test")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -234,6 +267,6 @@ def sweep_chart(rows: list[dict], mode: str, path: Path, title: str = "") -> Pat
             ax.set_xscale("log", base=2)
     fig.suptitle(title or "sweep")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path

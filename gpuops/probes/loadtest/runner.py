@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpuops.errors import GpuopsError, RequestFailed, ServerNotRunning, UsageError
-from gpuops.probes.loadtest import metrics
+from gpuops.probes.loadtest import metrics, workloads
 from gpuops.probes.loadtest.options import LoadTestOptions, normalize_url
 from gpuops.probes.openai import (
     API_PATHS,
@@ -43,6 +43,7 @@ from gpuops.probes.openai import (
 )
 from gpuops.probes.openai import headers as _headers
 from gpuops.rundir import RunDir
+from gpuops.server.recipes import mask_secrets
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 STOP_TIMEOUT_S = 30  # after --run-time, requests in flight get this long to finish
@@ -66,6 +67,7 @@ class Target:
     server_pid: int | None = None
     server_create_time: float | None = None
     server_log: str | None = None
+    workload: dict | None = None  # how prompts are built and counted (gpuops.probes.loadtest.workloads)
 
 
 @dataclass
@@ -123,6 +125,9 @@ def preflight(target: Target, opts: LoadTestOptions, timeout: float = PREFLIGHT_
     if model is None and served:
         model = served[0]
 
+    if opts.api == "embeddings":
+        workloads.preflight_embeddings(url, model, timeout)
+        return Target(**{**asdict(target), "model": model})
     path = API_PATHS[opts.api]
     body = request_body(opts.api, model, "Say hi.", max_tokens=2, stream=opts.stream,
                         ignore_eos=target.engine in IGNORE_EOS_ENGINES)
@@ -207,10 +212,11 @@ def locust_plan(opts: LoadTestOptions, target: Target, out_dir: Path, run_id: st
     return {
         "url": target.url, "api": opts.api, "model": target.model, "prompt_tokens": opts.prompt_tokens,
         "max_tokens": opts.max_tokens, "stream": opts.stream, "shared_prefix": opts.shared_prefix,
-        "seed": opts.seed, "qps": opts.qps, "arrival": opts.arrival, "run_time_s": opts.run_time_s,
-        "workers": opts.workers, "request_timeout": opts.request_timeout,
+        "seed": opts.seed, "qps": opts.qps, "arrival": opts.arrival, "run_time_s": opts.locust_run_time_s,
+        "workers": opts.workers * max(1, len(opts.workers_on)), "request_timeout": opts.request_timeout,
         "ignore_eos": target.engine in IGNORE_EOS_ENGINES, "run_id": run_id, "out_dir": str(out_dir.resolve()),
         "headless": not opts.web,
+        **workloads.plan_fields(opts, target),
     }
 
 
@@ -224,19 +230,25 @@ def locust_commands(opts: LoadTestOptions, target: Target, out_dir: Path, *, mas
                     web_port: int | None = None, python: str = sys.executable) -> list[list[str]]:
     """The Locust command lines: [single] or [master, worker, worker, ...]."""
     out = out_dir.resolve()
-    base = [python, "-m", "locust", "-f", str(LOCUSTFILE), "--host", target.url]
-    reports = ["--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--exit-code-on-error", "0"]
+    base = [python, "-m", "locust", "-f", str(Path(opts.locustfile).resolve() if opts.locustfile else LOCUSTFILE),
+            "--host", target.url]
+    # your own locustfile's other words go first: gpuops' report paths below win over a --csv of yours
+    reports = [*opts.locust_args, "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+               "--exit-code-on-error", "0"]
     load = ["--users", str(opts.users), "--spawn-rate", f"{opts.spawn_rate:g}"]
     if opts.web:
         drive = ["--web-host", "127.0.0.1", "--web-port", str(web_port or 8089), *load]
     else:
-        drive = ["--headless", "--only-summary", *load, "--run-time", f"{opts.run_time_s}s",
+        drive = ["--headless", "--only-summary", *load, "--run-time", f"{opts.locust_run_time_s}s",
                  "--stop-timeout", str(min(STOP_TIMEOUT_S, int(opts.request_timeout)))]
-    if opts.workers <= 1:
+    remote = opts.workers * len(opts.workers_on)  # --workers-on: the workers run there (gpuops.hosts.workers)
+    if opts.workers <= 1 and not remote:
         return [base + drive + reports]
     port = str(master_port or 5557)
     master = base + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
-                     "--expect-workers", str(opts.workers), "--expect-workers-max-wait", "60"] + drive + reports
+                     "--expect-workers", str(remote or opts.workers), "--expect-workers-max-wait", "60"] + drive + reports
+    if remote:
+        return [master]
     worker = base + ["--worker", "--master-host", "127.0.0.1", "--master-port", port]
     return [master] + [list(worker) for _ in range(opts.workers)]
 
@@ -390,21 +402,30 @@ def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: P
     plan_path = out_dir / "plan-locust.json"
     plan_path.write_text(json.dumps(locust_plan(opts, target, out_dir, run_id), indent=2))
     web_port = free_port() if opts.web else None
-    commands = locust_commands(opts, target, out_dir, master_port=free_port() if opts.workers > 1 else None,
+    master_port = free_port() if opts.workers > 1 or opts.workers_on else None
+    commands = locust_commands(opts, target, out_dir, master_port=master_port,
                                web_port=web_port)
     repo_root = str(Path(__file__).resolve().parents[2])
     base_env = dict(os.environ, PYTHONUNBUFFERED="1", GPUOPS_LOADTEST_PLAN=str(plan_path.resolve()),
                     PYTHONPATH=os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p))
     base_env.pop("GPUOPS_SERVER", None)  # Locust is not part of the server's process tree
     procs: list[subprocess.Popen] = []
+    remote = None
     status, reason = "finished", None
     stopped: list[float] = []
     with open(log_path, "ab") as log:
-        log.write(f"==> {' '.join(commands[0])}\n".encode())
+        from gpuops.server.recipes import mask_argv
+
+        log.write(f"==> {mask_argv(commands[0])}\n".encode())
         log.flush()
         try:
             # a signal between a fork and procs.append would leave a Locust nobody reaps: defer it
             guard.phase = "starting"
+            if opts.workers_on:  # Locust workers on other hosts, reaching this master through SSH tunnels
+                from gpuops.hosts.workers import RemoteWorkers
+
+                remote = RemoteWorkers(opts, out_dir, master_port, log_path, write)
+                remote.start()
             for i, cmd in enumerate(commands):
                 worker = 0 if i == 0 else i - 1
                 # own session: a Ctrl-C at the terminal reaches this process only, which then stops
@@ -425,6 +446,8 @@ def run_locust(opts: LoadTestOptions, target: Target, out_dir: Path, log_path: P
         finally:
             guard.phase = "writing"
             _reap(procs, GRACE_S)
+            if remote is not None:
+                remote.stop()  # their last records copied back, their folders removed
     return LocustRun(status, reason, [p.returncode for p in procs], stopped[0] if stopped else None)
 
 
@@ -475,9 +498,10 @@ def _watch(opts, target, out_dir, procs, write, stopped: list[float]) -> tuple[s
     progress = Progress()
     min_failures = max(5, min(opts.users, 50))
     recent: deque[dict] = deque(maxlen=min_failures)  # the latest finished requests, for server_lost
+    opening: list[dict] = []  # the first finished requests: all failing alike stops the run (fail fast)
     started = time.monotonic()
     last_progress = started
-    deadline = None if opts.web else started + opts.run_time_s + STOP_TIMEOUT_S + 90.0
+    deadline = None if opts.web else started + opts.locust_run_time_s + STOP_TIMEOUT_S + 90.0
     status, reason, stopping_since = "finished", None, None
     master = procs[0]
     while master.poll() is None:
@@ -485,6 +509,7 @@ def _watch(opts, target, out_dir, procs, write, stopped: list[float]) -> tuple[s
         new = tail.read()
         progress.add(new)
         recent.extend(r for r in new if not r.get("cancelled"))
+        opening.extend(r for r in new if not r.get("cancelled") and len(opening) < 16)
         for sample in samples.read():
             latest[sample.get("worker", 0)] = sample
         done = [r for r in new if r.get("ok") and not r.get("cancelled")]
@@ -503,7 +528,11 @@ def _watch(opts, target, out_dir, procs, write, stopped: list[float]) -> tuple[s
             if now - stopping_since > GRACE_S:
                 break
             continue
-        if server_lost(list(recent), min_failures):
+        failing = workloads.uniform_failure(opening, progress.ok, opts.users)
+        if failing is not None:
+            status = "failing"
+            reason = workloads.fail_fast_message(failing, opts, target)[0]
+        elif server_lost(list(recent), min_failures):
             status = "server_lost"
             reason = f"the server stopped accepting connections ({min_failures} requests in a row refused)"
         elif target.server_pid and not proc_ids.matches(target.server_pid, target.server_create_time or 0.0):
@@ -578,11 +607,15 @@ def schedule_due(opts: LoadTestOptions, out_dir: Path, stopped_at: float | None,
 
 
 def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, run: LocustRun, write: Write,
-                 level: float | None = None) -> RunResult:
+                 level: float | None = None, server: dict | None = None) -> RunResult:
     """Merge the records, compute the summary, write summary.json and the chart, print the table."""
     from gpuops.probes.loadtest import report
 
     status, reason = run.status, run.reason
+    if opts.locustfile:
+        from gpuops.probes.loadtest import userfile
+
+        return _finish_user_file(opts, target, out_dir, run, write, level, userfile.locust_summary(out_dir))
     records_path = merge_parts(out_dir, "records", "records.jsonl")
     client_path = merge_parts(out_dir, "client", "client.jsonl")
     records = metrics.read_records(records_path)
@@ -608,12 +641,22 @@ def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, run: Locu
     summary["locust_exit_codes"] = run.codes
     summary["target"] = {"url": target.url, "model": target.model, "engine": target.engine,
                          "server": target.server_name}
+    summary.update(workloads.summary_fields(target))
+    if status == "failing":
+        failing = workloads.uniform_failure(records, 0, opts.users)
+        summary["status_hint"] = workloads.fail_fast_message(failing, opts, target)[1] if failing else None
     summary["options"] = opts.as_dict()
     summary["mode"] = opts.mode
     summary["level"] = level
     summary["max_concurrency"] = opts.users
     summary["request_rate"] = opts.qps
+    summary["steady"] = metrics.steady_state(records, users=opts.users, spawn_rate=opts.spawn_rate, mode=opts.mode,
+                                             warmup_s=opts.warmup_s, cooldown_s=opts.cooldown_s, slo=opts.slo)
+    summary["server"] = server or None
+    if opts.slo:
+        summary["slo_share"] = metrics.slo_share(records, opts.slo)
     report.write_json(out_dir / "summary.json", summary)
+    _html_report(out_dir, summary, records, write)
     if not report.charts_available():
         write(f"warning: no latency chart: matplotlib is not installed ({report.CHARTS_HINT})")
     else:
@@ -625,6 +668,33 @@ def finish_level(opts: LoadTestOptions, target: Target, out_dir: Path, run: Locu
         write(line)
     files = sorted(p.name for p in out_dir.iterdir())
     return RunResult(out_dir, summary, status, reason, level, files)
+
+
+def _html_report(out_dir: Path, summary: dict, records: list[dict], write: Write) -> None:
+    """report.html beside summary.json: gpuops' own report, no network needed to open it."""
+    from gpuops.probes.loadtest import htmlreport
+
+    try:
+        plan_path = next((p / "plan.json" for p in (out_dir, out_dir.parent) if (p / "plan.json").is_file()), None)
+        plan = json.loads(plan_path.read_text()) if plan_path else {}
+        htmlreport.write_run_report(out_dir, summary, records, plan)
+    except Exception as err:  # a page is not worth losing the numbers over
+        write(f"(could not write report.html: {type(err).__name__}: {err})")
+
+
+def _finish_user_file(opts, target, out_dir, run, write, level, summary: dict) -> RunResult:
+    """A run of your own locustfile: Locust's stats as the summary (gpuops has no records of it)."""
+    from gpuops.probes.loadtest import report, userfile
+
+    summary.update(status=run.status, status_reason=run.reason, partial=run.status != "finished",
+                   locust_exit_codes=run.codes, options=opts.as_dict(), mode="locustfile", level=level,
+                   locustfile=opts.locustfile,
+                   target={"url": target.url, "model": target.model, "engine": target.engine,
+                           "server": target.server_name})
+    report.write_json(out_dir / "summary.json", summary)
+    for line in userfile.summary_lines(summary):
+        write(line)
+    return RunResult(out_dir, summary, run.status, run.reason, level, sorted(p.name for p in out_dir.iterdir()))
 
 
 def _title(opts: LoadTestOptions, target: Target) -> str:
@@ -645,7 +715,24 @@ def write_plan(report_dir: Path, opts: LoadTestOptions, target: Target, log_path
     from gpuops.probes.loadtest import report
 
     return report.write_json(report_dir / "plan.json", {"options": opts.as_dict(), "target": asdict(target),
-                                                        "log": str(log_path), "run_id": uuid.uuid4().hex[:8]})
+                                                        "log": str(log_path), "run_id": uuid.uuid4().hex[:8],
+                                                        "command": command_line()})
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed: `inv load-test --users 8` (`gpuops ...` for `python -m gpuops`).
+
+    >>> command_line(["/home/me/.venv/bin/inv", "load-test", "--users", "8"])
+    'inv load-test --users 8'
+    """
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    name = Path(argv[0]).name
+    argv[0] = "gpuops" if name in ("__main__.py", "-m") else name
+    return shlex.join(argv)
 
 
 def execute(opts: LoadTestOptions, target: Target, report_dir: Path, log_path: Path, write: Write,
@@ -659,23 +746,38 @@ def execute(opts: LoadTestOptions, target: Target, report_dir: Path, log_path: P
     run_id = run_id or uuid.uuid4().hex[:8]
     levels = list(opts.sweep) or [None]
     results: list[RunResult] = []
+    from gpuops.probes.loadtest import serverinfo
+
+    server = serverinfo.server_facts(target.url, target.engine)
+
+    def run_level(i: int, level: float | None, label: str) -> RunResult:
+        level_opts = opts.at_level(level) if level is not None else opts
+        out_dir = report_dir
+        if level is not None:
+            out_dir = report_dir / f"{i + 1:02d}-{_level_name(opts, level)}"
+            out_dir.mkdir()
+            write(f"=== {label}: {_level_label(opts, level)} ===")
+        write(f"load test of {mask_secrets(target.url)}: "
+              f"{_title(level_opts, target)}, {level_opts.run_time_s} s, {level_opts.workers} load "
+              f"process(es){' on each of ' + ','.join(opts.workers_on) if opts.workers_on else ''}; log {log_path}")
+        run = run_locust(level_opts, target, out_dir, log_path, write, run_id=f"{run_id}{i}", guard=guard)
+        return finish_level(level_opts, target, out_dir, run, write, level, server=server)
+
     with nullcontext(guard) if guard is not None else StopGuard(write) as guard:
+        if opts.find_max:
+            from gpuops.probes.loadtest import findmax
+
+            results = findmax.search(opts, target, report_dir, run_level, write, guard)
+            write(f"report: {report_dir}")
+            if guard.deferred and not guard.engaged:
+                raise KeyboardInterrupt
+            return results
         try:
             for i, level in enumerate(levels):
                 if guard.deferred:  # a Ctrl-C while the last level's report was written: no next level
                     break
-                level_opts = opts.at_level(level) if level is not None else opts
-                out_dir = report_dir
-                if level is not None:
-                    out_dir = report_dir / f"{i + 1:02d}-{_level_name(opts, level)}"
-                    out_dir.mkdir()
-                    write(f"=== sweep level {i + 1}/{len(levels)}: {_level_label(opts, level)} ===")
-                write(f"load test of {target.url}: "
-                      f"{_title(level_opts, target)}, {level_opts.run_time_s} s, {level_opts.workers} load "
-                      f"process(es); log {log_path}")
-                run = run_locust(level_opts, target, out_dir, log_path, write, run_id=f"{run_id}{i}", guard=guard)
-                result = finish_level(level_opts, target, out_dir, run, write, level)
-                results.append(result)
+                results.append(run_level(i, level, f"sweep level {i + 1}/{len(levels)}"))
+                result = results[-1]
                 if result.status != "finished" or not result.summary.get("completed") or guard.deferred:
                     break
         finally:
@@ -705,6 +807,14 @@ def _write_sweep(opts: LoadTestOptions, target: Target, report_dir: Path, result
             write(f"(could not draw the sweep chart: {type(err).__name__}: {err})")
     for line in report.sweep_lines(rows, opts.mode):
         write(line)
+    from gpuops.probes.loadtest import htmlreport
+
+    try:
+        plan = json.loads((report_dir / "plan.json").read_text()) if (report_dir / "plan.json").is_file() else {}
+        htmlreport.write_levels_report(report_dir, [{**row, "folder": r.report_dir.name} for row, r in zip(
+            rows, results, strict=True)], opts.mode, title=sweep_title(opts, target), plan=plan)
+    except Exception as err:  # a page is not worth losing the numbers over
+        write(f"(could not write report.html: {type(err).__name__}: {err})")
 
 
 def _level_name(opts: LoadTestOptions, level: float) -> str:
@@ -725,10 +835,10 @@ def outcome_error(results: list[RunResult], report_dir: Path, log_path: Path) ->
     if last.status == "interrupted":
         return None
     at = f" (sweep level {last.level:g})" if last.level is not None else ""
-    if last.status in ("server_lost", "stalled"):
+    if last.status in ("server_lost", "stalled", "failing"):
         return RequestFailed(f"{last.reason}{at}; {s['completed']} request(s) completed before it, "
                              f"{s['failed']} failed; {kept}",
-                             details=_reasons(s), hint="`inv logs` shows the server's log")
+                             details=_reasons(s), hint=s.get("status_hint") or "`inv logs` shows the server's log")
     if last.status == "crashed" or (s["completed"] == 0 and s["failed"] == 0):
         from gpuops.server.logs import tail_lines
 
