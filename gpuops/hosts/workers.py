@@ -200,7 +200,7 @@ class ReverseTunnels:
         try:
             sock = socket.create_connection(target, timeout=5)
         except OSError:
-            channel.close()  # e.g. the master not listening yet: the worker connects again
+            _close_quietly(channel)  # e.g. the master not listening yet: the worker connects again
             return
         sock.settimeout(None)
         try:
@@ -220,7 +220,7 @@ class ReverseTunnels:
             pass           # SSHException there, not only OSError, and a thread must not print a traceback
         finally:
             sock.close()
-            channel.close()
+            _close_quietly(channel)
 
     def close(self) -> None:
         self.closed.set()
@@ -483,3 +483,11 @@ class RemoteWorkers:
         """workers-on.json in the report folder: which host ran which workers, how many records came back."""
         rows = [{"host": h.name, "workers": h.workers, "records": h.records, "error": h.error} for h in self.hosts]
         (self.out_dir / "workers-on.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _close_quietly(channel) -> None:
+    """Close a forwarded channel; on a dropped connection paramiko raises from close() too."""
+    try:
+        channel.close()
+    except Exception:  # noqa: BLE001 - the transport is gone: nothing left to close
+        pass

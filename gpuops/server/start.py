@@ -185,6 +185,15 @@ def _tree_of(record: StateRecord) -> Callable[[], list[int]]:
     return lambda: [p.pid for p in procs.server_tree(record.pid, record.create_time, record.pgid, record.tag)]
 
 
+_SHELLS = frozenset({"bash", "sh", "dash", "zsh", "ksh"})
+
+
+def wrapped(recipe: ServerRecipe) -> bool:
+    """Whether the program is a shell or a script around the server (`bash -c '...'`, `./serve.sh`)."""
+    program = Path(recipe.argv[0]).name if recipe.argv else ""
+    return recipe.shell or program in _SHELLS or program.endswith(".sh")
+
+
 def port_given(recipe: ServerRecipe, engine: engines.Engine) -> bool:
     """Whether the command itself names its port (else the engine's default is only a guess)."""
     names = ("--port",) if engine.name == "comfyui" else ("--port", "-p")
@@ -228,7 +237,13 @@ def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engin
                           offset=output_offset(existing.log_path), port_given=port_given(recipe, engine),
                           reattached=True)
     check_paths(recipe, cwd)
-    check_port(ep)
+    if port_given(recipe, engine) or not wrapped(recipe):
+        check_port(ep)
+    elif ep.port is not None and procs.port_in_use(ep.port, ep.host):
+        # `bash -c '... --port 9001'`, a wrapper script: the engine's default is only a guess, and a
+        # stranger on it says nothing about where this server will listen; the watch learns the port
+        write(f"note: port {ep.port} (the engine's default) is in use, but the command does not name its "
+              "port: gpuops learns the one the server listens on")
     gpus = gpu_check(replaced)
     for line in launch_banner(recipe, ep):
         write(line)

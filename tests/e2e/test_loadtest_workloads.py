@@ -205,8 +205,8 @@ def test_requests_that_all_fail_with_the_same_400_stop_the_run_at_once_with_the_
     assert s["status"] == "failing" and s["completed"] == 0
     records = _records(project)
     # stopped long before its 60 s: the failures came in the first moments, the rest never went out
+    # (how many failed before the stop depends on the machine's speed: the span is the behaviour)
     assert max(r["end"] for r in records) - min(r["start"] for r in records) < 30
-    assert len(records) < 100
 
 
 def test_a_server_that_refuses_connections_from_the_first_request_stops_the_run(project, openai_server):

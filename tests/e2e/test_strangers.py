@@ -305,3 +305,21 @@ def test_logs_follow_moves_to_the_new_log_after_a_restart(project, port):
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=10)
+
+
+def test_a_stranger_on_the_default_port_does_not_block_a_wrapped_command_that_names_another(project, stranger):
+    """`bash -c '... --port P'`: the engine's default port is only a guess; a stranger holding it is
+    noted, not a reason to refuse the start, and is left alone."""
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000 is in use on this machine: the test needs to hold it itself")
+    held = stranger(8000)
+    port = free_port()
+    project.write_agents(f"## Server\n\n```bash\nGPUOPS_DEMO_LOAD_SECONDS=0.2 bash -c "
+                         f"'exec {sys.executable} -m gpuops.demo --port {port}'\n```\n")
+    r = project.gpuops(*START, "--hang-timeout", "5")
+    assert r.code == 0, r.text
+    assert "port 8000 (the engine's default) is in use, but the command does not name its port" in r.out
+    assert project.record()["port"] == port and held.poll() is None
