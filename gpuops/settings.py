@@ -58,6 +58,23 @@ def port(name: str, value):
     return number(name, value, whole=True, high=65535)
 
 
+def port_range(name: str, value) -> tuple[int, int]:
+    """`8001-8099` (or one port) -> (first, last).
+
+    >>> port_range("--ports", "8001-8099"), port_range("--ports", 8005)
+    ((8001, 8099), (8005, 8005))
+    """
+    first, sep, last = str(value).strip().partition("-")
+    try:
+        low, high = int(first), int(last if sep else first)
+    except ValueError:
+        low = high = 0
+    if not 1 <= low <= high <= 65535:
+        raise UsageError(f"{name} must be a range of ports like 8001-8099, not {value!r}",
+                         hint="FIRST-LAST, both between 1 and 65535, e.g. 8001-8099")
+    return low, high
+
+
 def flag(name: str, value) -> bool:
     """A yes/no setting; INVOKE_GPUOPS_* env values arrive as text."""
     if isinstance(value, bool):
@@ -97,7 +114,7 @@ _ENGINES = "demo, vllm, sglang, llama.cpp, comfyui, mlx_lm, uvicorn, generic; sm
 _ROWS = (
     # --- where things are ---
     Setting("agents_file", "AGENTS.local.md", "Path of the file holding the commands.", text,
-            {t: "agents-file" for t in ("start-server", "stop-server", "smoke", "load-test")}),
+            {t: "agents-file" for t in ("start-server", "stop-server", "smoke", "load-test", "servers")}),
     Setting("project_dir", None, "The project folder: relative agents_file and run_dir are taken from there. "
             "A project's tasks.py sets it (`ns = project_tasks(__file__)`); unset for the gpuops command.", text),
     Setting("run_dir", "do_not_commit", "Folder for logs, state, profiles and load-test reports (git-ignored).", text),
@@ -105,7 +122,7 @@ _ROWS = (
             "'Which server').", text, {t: "server" for t in _SERVER_TASKS}, show_default=False),
     Setting("json", False, "Print one JSON document on stdout (schema in docs/json.md); human text goes to stderr.",
             flag, {t: "json" for t in ("start-server", "stop-server", "status", "logs", "gpus", "smoke", "profile",
-                                        "load-test")}, show_default=False),
+                                        "load-test", "servers")}, show_default=False),
     Setting("url", None, "Talk to this server (http://HOST:PORT) instead of the running one gpuops started.",
             text, {t: "url" for t in ("smoke", "profile", "load-test")}, show_default=False),
     Setting("model", None, "Model name to send (default: the first id of GET /v1/models).", text,
@@ -113,6 +130,14 @@ _ROWS = (
     # --- start and stop ---
     Setting("restart", False, "Stop the running server first, then start it again.", flag,
             {"start-server": "restart"}, show_default=False),
+    Setting("start_all", False, "Start every server recipe of AGENTS.local.md but those marked `disabled: yes`: "
+            "what they need first, the others together.", flag, {"start-server": "all", "restart-server": "all"},
+            show_default=False),
+    Setting("fail_fast", False, "With several servers: after the first one fails, start no more and stop those "
+            "this run started.", flag, {"start-server": "fail-fast"}, show_default=False),
+    Setting("share_gpus", False, "Let servers of this box share GPUs (else two asking for one GPU are refused "
+            "before launch; per recipe: `share-gpus: yes`).", flag, {"start-server": "share-gpus"},
+            show_default=False),
     Setting("follow", True, "Keep following the log after ready; --no-follow returns at once (scripts, CI).", flag,
             {"start-server": "follow"}, show_default=False),
     Setting("smoke", True, "Send one real request once ready and show the answer; --no-smoke skips it.", flag,
@@ -298,7 +323,22 @@ _ROWS = (
             {"load-test": "turns"}, shown=1),
     Setting("load_embeddings", None, "Load /v1/embeddings instead of completions (end-to-end latency and input "
             "tokens only).", loadtest("embeddings"), {"load-test": "embeddings"}, shown=False),
+    # --- servers (inv servers: the recipes; --discover: a recipe per model file) ---
+    Setting("discover_dir", None, "Scan this folder for models (`*.gguf`, split shards once; folders with "
+            "`config.json` and `*.safetensors`) and print a `## Server: NAME` recipe for each, made from the template.",
+            text, {"servers": "discover"}),
+    Setting("discover_template", None, "The recipe to copy for each model: its command holds `{model}` and `{port}` "
+            "(`{name}` too, if it likes). Default: the only recipe holding `{model}`.", text, {"servers": "template"},
+            show_default=False),
+    Setting("discover_ports", "8001-8099", "Ports for the new recipes, FIRST-LAST: ports other recipes name and "
+            "ports in use now are skipped.", port_range, {"servers": "ports"}),
+    Setting("discover_write", False, "Append the new recipes to AGENTS.local.md instead of printing them.", flag,
+            {"servers": "write"}, show_default=False),
 )
+
+for _row in _ROWS:  # restart-server takes start-server's flags (but --restart: it is one)
+    if "start-server" in _row.flags and _row.key != "restart":
+        _row.flags.setdefault("restart-server", _row.flags["start-server"])
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in _ROWS}
 

@@ -4,6 +4,7 @@
     gpu.py       gpus
     probes.py    smoke, profile
     loadtest.py  load-test
+    catalog.py   servers (the recipes; --discover: a recipe per model file)
     project.py   the run folder, AGENTS.local.md and settings of the project a task runs in
     edge.py      errors -> one message and an exit code
     banner.py    the ready banner
@@ -20,11 +21,11 @@ import os
 
 from invoke import Collection
 
-from gpuops.cli import gpu, loadtest, probes, server
+from gpuops.cli import catalog, gpu, loadtest, probes, server
 from gpuops.settings import config_defaults
 
 ns = Collection()
-for _module in (server, gpu, probes, loadtest):
+for _module in (server, catalog, gpu, probes, loadtest):
     for _task in Collection.from_module(_module).tasks.values():
         ns.add_task(_task)
 ns.configure({"gpuops": config_defaults()})

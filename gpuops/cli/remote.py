@@ -28,7 +28,7 @@ from invoke.exceptions import Exit
 
 from gpuops.settings import help_for
 
-STREAMED = ("start-server", "stop-server", "smoke", "profile", "load-test")  # their human text is on stderr
+STREAMED = ("start-server", "restart-server", "stop-server", "smoke", "profile", "load-test")  # their human text is on stderr
 SENT_AGENTS = ".gpuops-sent-AGENTS.local.md"  # a local --agents-file, in the host's project folder
 
 
@@ -190,10 +190,9 @@ def render_one(name: str, doc: dict) -> None:
         return
     if name == "status":
         from gpuops.cli.render_server import status_table
-        from gpuops.server.status import ServerStatus, StatusResult
+        from gpuops.server.status import StatusResult
 
-        servers = [ServerStatus(**_fields(ServerStatus, s)) for s in doc.get("servers", [])]
-        status_table(StatusResult(servers, doc.get("logs", "")), Console())
+        status_table(StatusResult.from_dict(doc), Console())
     elif name == "gpus":
         from gpuops.gpu import render
         from gpuops.gpu.inventory import Gpu, GpuProcess, Inventory
@@ -214,6 +213,10 @@ def render_one(name: str, doc: dict) -> None:
             _out(f"==> {doc.get('path')} <==")
             for line in doc.get("lines", []):
                 _out(line)
+    elif name == "servers":
+        from gpuops.cli.catalog import show
+
+        show(doc, out=sys.stdout, err=sys.stderr)
 
 
 def _gpu_cell(doc: dict | None) -> str:
@@ -223,6 +226,19 @@ def _gpu_cell(doc: dict | None) -> str:
         return "none"
     gpus = doc.get("gpus", [])
     return f"{sum(1 for g in gpus if g.get('busy'))}/{len(gpus)}"
+
+
+def _server_note(s: dict) -> str:
+    """A fleet row's last cell for one server: 'big: 11.8 GiB RSS (3 procs), 70.2 GiB GPU' (the memory
+    only while it runs, and only from hosts whose gpuops reports it)."""
+    from gpuops.server.status import format_bytes, format_mib
+
+    note = s.get("name", "")
+    if s.get("state") in ("ready", "starting", "unresponsive") and s.get("rss_bytes") is not None:
+        note += f": {format_bytes(s['rss_bytes'])} RSS ({s.get('processes', 0)} procs)"
+        if s.get("gpu_memory_mib") is not None:
+            note += f", {format_mib(s['gpu_memory_mib'])} GPU"
+    return note
 
 
 def fleet_rows(name: str, results) -> list[list[str]]:
@@ -240,12 +256,16 @@ def fleet_rows(name: str, results) -> list[list[str]]:
             if not servers:
                 rows.append([r.host, "-", "-", "-", gpus, "no servers known"])
             for s in servers:
-                rows.append([r.host, s.get("state", "?"), str(s.get("pid") or "-"), s.get("url") or "-", gpus,
-                             s.get("name", "")])
-        elif name == "start-server":
-            note = "already running" if doc.get("already_running") else f"ready in {doc.get('ready_in')} s"
-            rows.append([r.host, doc.get("state", "ready"), str(doc.get("pid") or "-"), doc.get("url") or "-",
-                         str(len(doc.get("gpus") or [])) + " used", f"{doc.get('server')}: {note}"])
+                # from here the host's own URL (127.0.0.1 there) is of no use: the outside one when known
+                rows.append([r.host, s.get("state", "?"), str(s.get("pid") or "-"),
+                             s.get("outside_url") or s.get("url") or "-", gpus, _server_note(s)])
+        elif name in ("start-server", "restart-server"):
+            for s in doc.get("servers", [doc]):  # several servers (--all, a,b): a row each
+                note = ("already running" if s.get("already_running") else
+                        f"ready in {s.get('ready_in')} s" if s.get("ok", True) else
+                        (s.get("skipped") or s.get("stopped") or (s.get("error") or {}).get("message") or "failed"))
+                rows.append([r.host, s.get("state", "ready"), str(s.get("pid") or "-"), s.get("url") or "-",
+                             str(len(s.get("gpus") or [])) + " used", f"{s.get('server')}: {note}"])
         elif name == "stop-server":
             servers = doc.get("servers", [])
             stopped = [s for s in servers if s.get("was_running")]
@@ -381,7 +401,8 @@ def run_task(ctx, hosts: list[str], cfg: dict, *, on_host: bool = False) -> int:
             render_one(name, doc)
         if not r.ok and (name not in STREAMED or doc is None):
             _err(f"error: {r.error.render()}")
-        if (r.ok and name == "start-server" and doc and not doc.get("already_running")
+        if (r.ok and name in ("start-server", "restart-server") and doc and not doc.get("already_running")
+                and "servers" not in doc  # several: `gpuops -H HOST logs --follow` follows them
                 and given.get("follow", True) and _flag(cfg.get("follow", True))):
             site = site_for(cfg, r.host)
             _err(f"following {r.host}:{doc.get('log_path')} (Ctrl-C stops following; the server keeps running)")

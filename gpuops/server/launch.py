@@ -88,11 +88,16 @@ def output_offset(log_path: str | Path) -> int:
 
 
 def launch_banner(recipe: ServerRecipe, ep: Endpoint) -> list[str]:
-    """What the terminal shows before the server runs: when, where, and the command (secrets masked)."""
+    """What the terminal shows before the server runs: when, where, the command (secrets masked), and
+    a warning when only the container it runs in could reach it (container.binding_note)."""
+    from gpuops.server.container import binding_note
+
     where = f"{ep.host}:{ep.port}" if ep.port else ep.host
     lines = [f"starting '{recipe.name}' at {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}, "
              f"listening on {where}" + (f", {ep.url}" if ep.url else "")]
-    return lines + [f"  {line}" for line in recipe.display(mask=True).splitlines()]
+    lines += [f"  {line}" for line in recipe.display(mask=True).splitlines()]
+    note = binding_note(ep.host, ep.port)
+    return lines + ([f"warning: {note}"] if note else [])
 
 
 def child_environment(recipe: ServerRecipe, tag: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -193,7 +198,7 @@ def pause_point(name: str) -> None:
 
 
 def launch_recorded(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engine: engines.Engine,
-                    gpus: list[int]) -> tuple[StateRecord, subprocess.Popen, int]:
+                    gpus: list[int], share_gpus: bool = False) -> tuple[StateRecord, subprocess.Popen, int]:
     """Create the log, launch at the gate, save the state record, then let the command run.
     Returns (record, process, header length). Whatever fails or interrupts it before the record is
     saved, the command has not run and nothing is left behind (but the log)."""
@@ -214,7 +219,7 @@ def launch_recorded(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoi
             name=recipe.name, pid=proc.pid, create_time=create_time, pgid=proc.pid, tag=tag,
             host=ep.host, port=ep.port, url=ep.url, log_path=str(log_path.resolve()),  # found from any folder
             command=mask_secrets(recipe.script, recipe.env), cwd=str(cwd),
-            engine=engine.name, health_path=engine.health_path, gpus=list(gpus),
+            engine=engine.name, health_path=engine.health_path, gpus=list(gpus), share_gpus=share_gpus,
         )
         state.save(run_dir, record)
         saved = True

@@ -106,11 +106,12 @@ class GpuPolicy:
 
 def check_gpus(recipe: ServerRecipe, replaced_pids: Iterable[int], policy: GpuPolicy, *,
                write: Callable[[str], None], confirm: Callable[[str], bool] | None = None,
-               environ: Mapping[str, str] | None = None) -> list[int]:
+               environ: Mapping[str, str] | None = None, shared_pids: Iterable[int] = ()) -> list[int]:
     """The GPU step of the preflight: the GPU indices the server will use, after refusing busy ones
     (GpusBusy, exit 5) or freeing them (`policy.kill`; `confirm` asks first unless `policy.yes`, None
     when nobody can answer). `replaced_pids`: a restarted server's processes, whose memory NVML keeps
-    listing for seconds after they exit."""
+    listing for seconds after they exit. `shared_pids`: the processes of servers it may share GPUs with
+    (share-gpus): their memory does not make a GPU busy, and they are never terminated."""
     from gpuops.gpu import inventory as gpus
 
     inv = gpus.inventory()
@@ -124,7 +125,7 @@ def check_gpus(recipe: ServerRecipe, replaced_pids: Iterable[int], policy: GpuPo
     needed = gpus.needed_gpus({**(os.environ if environ is None else environ), **recipe.env}, recipe.argv, inv)
     if policy.kill:
         gpus.free_gpus(inv, needed, policy.busy_mib, yes=policy.yes, confirm=confirm, timeout=policy.stop_timeout,
-                       release_timeout=policy.release_timeout, write=write)
+                       release_timeout=policy.release_timeout, write=write, ignore_pids=shared_pids)
     else:
-        gpus.check_gpus_free(inv, needed, policy.busy_mib)
+        gpus.check_gpus_free(inv, needed, policy.busy_mib, ignore_pids=shared_pids)
     return needed

@@ -25,6 +25,7 @@ where that is safe, so the server process replaces bash and keeps the recorded P
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -486,6 +487,9 @@ class ServerRecipe:
     script: str
     path: Path
     line: int
+    needs: tuple[str, ...] = ()  # `needs: model` under its heading: started (and ready) first
+    disabled: bool = False  # `disabled: yes`: left out of --all (still started by name)
+    share_gpus: bool = False  # `share-gpus: yes`: may use GPUs another server of this box uses
 
     @property
     def program(self) -> str:
@@ -572,6 +576,51 @@ def _blocks(text: str, path) -> Iterator[_Block]:
         yield _Block(lang, start + 1, body, heading[0] if heading else None, heading[1] if heading else None)
 
 
+_MARKER = re.compile(r"^\s*(?:[-*]\s+)?(needs|disabled|share[-_ ]gpus)\s*:\s*(.*?)\s*$", re.I)
+_YES, _NO = {"yes", "true", "on", "1"}, {"no", "false", "off", "0"}
+
+
+def _markers(text: str, path) -> dict[int, dict[str, object]]:
+    """The marker lines of each heading's section, outside code blocks (pure): {heading line: markers}.
+
+    >>> _markers("## Server: app\\nneeds: model, db\\ndisabled: yes\\n", "A.md")
+    {1: {'needs': ('model', 'db'), 'disabled': True}}
+    """
+    found: dict[int, dict[str, object]] = {}
+    heading_line: int | None = None
+    fence: str | None = None
+    for no, line in enumerate(text.splitlines(), 1):
+        if fence is not None:
+            if re.match(rf"^ {{0,3}}{fence[0]}{{{len(fence)},}}\s*$", line):
+                fence = None
+            continue
+        opened = _FENCE.match(line)
+        if opened:
+            fence = opened[1]
+            continue
+        if _HEADING.match(line):
+            heading_line = no
+            continue
+        m = _MARKER.match(line)
+        if m is None or heading_line is None:
+            continue
+        key, value = m[1].lower().replace(" ", "-").replace("_", "-"), m[2]
+        marks = found.setdefault(heading_line, {})
+        if key == "needs":
+            names = tuple(n for n in re.split(r"[\s,]+", value.strip("`")) if n)
+            if not names:
+                raise RecipeError("`needs:` names no server", path=path, line=no,
+                                  hint="write the names of the servers it needs, e.g. `needs: model`")
+            marks["needs"] = tuple(dict.fromkeys([*marks.get("needs", ()), *names]))
+        else:
+            word = value.strip("`").lower() or "yes"
+            if word not in _YES | _NO:
+                raise RecipeError(f"`{m[1]}: {value}`: say yes or no", path=path, line=no,
+                                  hint=f"write `{key}: yes` (or remove the line)")
+            marks["share_gpus" if key == "share-gpus" else key] = word in _YES
+    return found
+
+
 _FILLER = {"start", "starting", "run", "running", "launch", "launching", "the", "a", "an", "dev", "development",
            "inference", "command", "commands", "how", "to", "our", "my", "local"}
 
@@ -580,8 +629,14 @@ def _slug(heading: str) -> str | None:
     """The recipe name a heading gives, or None when the heading is not about a server.
 
     "Server" -> server, "Server: vision" -> vision, "Server (vLLM 8B)" -> vllm-8b, "Start the dev server" ->
-    server; a long sentence that merely mentions a server (a page title) names nothing.
+    server; a long sentence that merely mentions a server (a page title) names nothing. After
+    "Server:" the name is taken whole: "Server: Qwen2.5-0.5B-Instruct" -> qwen2-5-0-5b-instruct.
     """
+    named = re.match(r"^\s*servers?\s*:\s*(.+)$", heading, re.I)
+    if named:
+        words = re.findall(r"[a-z0-9]+", named[1].lower())
+        if words:
+            return "-".join(words)
     if not re.search(r"\bservers?\b", heading, re.I):
         return None
     words = re.findall(r"[a-z0-9]+", re.sub(r"\bservers?\b", " ", heading.lower()))
@@ -852,6 +907,10 @@ def parse_recipes(text: str, path: str | Path = "AGENTS.local.md") -> Recipes:
             untitled = block
     if not recipes.servers and untitled is not None:
         recipes.servers["server"] = parse_server(untitled, "server", path)
+    markers = _markers(text, path)
+    for name, line in named.items():
+        if line in markers:
+            recipes.servers[name] = dataclasses.replace(recipes.servers[name], **markers[line])
     return recipes
 
 

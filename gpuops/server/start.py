@@ -20,7 +20,7 @@ from typing import Any
 
 from gpuops.errors import GpuopsError, Interrupted, StartupFailed
 from gpuops.rundir import RunDir
-from gpuops.server import engines, procs, state
+from gpuops.server import engines, procs, registry, state
 from gpuops.server.health import record_healthy
 from gpuops.server.launch import (
     Endpoint,
@@ -89,6 +89,7 @@ def start_server(
     smoke: Smoke | None = None,
     lock_timeout: float | None = None,
     meanwhile: Callable[[], None] | None = None,
+    share_gpus: bool = False,
 ) -> StartResult:
     """Preflight, launch detached, watch until ready; then smoke it (`smoke(record)`) and gather the
     banner's GPU and model-file lines. An already running, healthy server is reused as it is.
@@ -98,22 +99,32 @@ def start_server(
     preflight's settings (None: no GPU check); `confirm` asks before --kill-gpu-procs kills (None:
     nobody can answer). `smoke(record)` returns (summary line, error or None). `meanwhile()` runs
     once the server is launched, while it loads (e.g. importing what the banner needs): work there
-    does not delay the report of ready, work before the launch delays the server.
+    does not delay the report of ready, work before the launch delays the server. `share_gpus` (or
+    the recipe's `share-gpus: yes`): it may use GPUs other servers of this run folder use.
+
+    Deciding and launching happen under the run folder's registry lock (server/registry.py): a port
+    or GPU another of its servers holds or reserves (still loading) is refused before the launch.
     """
     stream = stream or write
     cwd = Path(cwd) if cwd is not None else recipe.path.resolve().parent  # commands are relative to their file
     engine = engines.detect(recipe.argv, override=engine_name)
     ep = endpoint_of(recipe, engine)
 
+    share_gpus = share_gpus or recipe.share_gpus
+
     def gpu_check(replaced: list[int]) -> list[int]:
-        return check_gpus(recipe, replaced, gpu, write=write, confirm=confirm) if gpu is not None else []
+        if gpu is None:
+            return []
+        shared = registry.shared_gpu_pids(run_dir, recipe.name) if share_gpus else ()
+        return check_gpus(recipe, replaced, gpu, write=write, confirm=confirm, shared_pids=shared)
 
     # The lock covers deciding and launching, not the watch: a stop-server must get through while a
     # start is being watched, and a second start in the meantime finds the record and watches too.
     try:
         with state.server_lock(run_dir, recipe.name, write, lock_timeout if lock_timeout is not None else 300.0):
             claim = _claim(recipe, run_dir, cwd, ep, engine, write=write, restart=restart,
-                           stop_timeout=stop_timeout, gpu_check=gpu_check)
+                           stop_timeout=stop_timeout, gpu_check=gpu_check, share_gpus=share_gpus,
+                           lock_timeout=lock_timeout if lock_timeout is not None else 300.0)
         if claim.reused is not None:
             return StartResult(claim.reused, None, already_running=True)
         rec = claim.record
@@ -207,8 +218,10 @@ def _exit_code_of(pid: int, create_time: float) -> Callable[[], int | None]:
 
 def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engine: engines.Engine, *,
            write: Write, restart: bool, stop_timeout: float,
-           gpu_check: Callable[[list[int]], list[int]]) -> _Claim:
-    """Under the lock: reuse the running server, reattach to one still starting, or preflight and launch."""
+           gpu_check: Callable[[list[int]], list[int]], share_gpus: bool = False,
+           lock_timeout: float = 300.0) -> _Claim:
+    """Under the lock: reuse the running server, reattach to one still starting, or preflight and launch
+    (that under the registry lock too: no other server of the run folder can take its port or GPUs)."""
     replaced: list[int] = []
     existing = _load_or_set_aside(run_dir, recipe.name, write)
     if existing and procs.matches(existing.pid, existing.create_time):
@@ -237,17 +250,21 @@ def _claim(recipe: ServerRecipe, run_dir: RunDir, cwd: Path, ep: Endpoint, engin
                           offset=output_offset(existing.log_path), port_given=port_given(recipe, engine),
                           reattached=True)
     check_paths(recipe, cwd)
-    if port_given(recipe, engine) or not wrapped(recipe):
-        check_port(ep)
-    elif ep.port is not None and procs.port_in_use(ep.port, ep.host):
-        # `bash -c '... --port 9001'`, a wrapper script: the engine's default is only a guess, and a
-        # stranger on it says nothing about where this server will listen; the watch learns the port
-        write(f"note: port {ep.port} (the engine's default) is in use, but the command does not name its "
-              "port: gpuops learns the one the server listens on")
-    gpus = gpu_check(replaced)
-    for line in launch_banner(recipe, ep):
-        write(line)
-    record, proc, header_len = launch_recorded(recipe, run_dir, cwd, ep, engine, gpus)
+    with registry.registry_lock(run_dir, write, lock_timeout):
+        known_port = port_given(recipe, engine) or not wrapped(recipe)
+        if known_port:
+            registry.check_reservations(run_dir, recipe.name, port=ep.port, gpus=(), share_gpus=share_gpus)
+            check_port(ep)
+        elif ep.port is not None and procs.port_in_use(ep.port, ep.host):
+            # `bash -c '... --port 9001'`, a wrapper script: the engine's default is only a guess, and a
+            # stranger on it says nothing about where this server will listen; the watch learns the port
+            write(f"note: port {ep.port} (the engine's default) is in use, but the command does not name its "
+                  "port: gpuops learns the one the server listens on")
+        gpus = gpu_check(replaced)
+        registry.check_reservations(run_dir, recipe.name, port=None, gpus=gpus, share_gpus=share_gpus)
+        for line in launch_banner(recipe, ep):
+            write(line)
+        record, proc, header_len = launch_recorded(recipe, run_dir, cwd, ep, engine, gpus, share_gpus)
     write(f"started '{recipe.name}': pid {proc.pid}, log {shown(record.log_path)}")
     return _Claim(record=record, engine=engine, exit_code=proc.poll, offset=header_len,
                   port_given=port_given(recipe, engine))

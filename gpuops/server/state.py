@@ -47,6 +47,7 @@ class StateRecord:
     health_path: str | None = None
     gpus: list[int] = field(default_factory=list)
     stopped_at: float | None = None  # set by stop-server: an exit then was asked for, not a crash
+    share_gpus: bool = False  # started with share-gpus: its GPUs may be shared with others that share
 
     @property
     def uptime(self) -> float:
@@ -143,7 +144,7 @@ _SHAPE: dict[str, tuple[tuple[type, ...], bool]] = {
     "tag": ((str,), False), "host": ((str,), False), "port": ((int,), True), "url": ((str,), True),
     "log_path": ((str,), False), "command": ((str,), False), "cwd": ((str,), False), "engine": ((str,), False),
     "started_at": (_NUMBER, False), "ready_at": (_NUMBER, True), "health_path": ((str,), True),
-    "gpus": ((list,), False), "stopped_at": (_NUMBER, True),
+    "gpus": ((list,), False), "stopped_at": (_NUMBER, True), "share_gpus": ((bool,), False),
 }
 
 
@@ -186,7 +187,7 @@ def record_from(raw: bytes | str, name: str) -> StateRecord:
         if key not in data or (data[key] is None and nullable):
             continue
         value = data[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = {(int,): "a whole number", _NUMBER: "a number"}.get(types) or _kind(types[0]())
             raise ValueError(f'"{key}" is {_clip(value)} ({_kind(value)}), not {want}')
     if data["name"] != name:
@@ -276,7 +277,8 @@ def lock(run_dir: RunDir, name: str, timeout: float = -1):
 
 
 @contextlib.contextmanager
-def server_lock(run_dir: RunDir, name: str, write: Callable[[str], None], timeout: float) -> Iterator[None]:
+def server_lock(run_dir: RunDir, name: str, write: Callable[[str], None], timeout: float,
+                what: str | None = None, quiet_for: float = 0.0) -> Iterator[None]:
     """The per-server lock, saying so when another gpuops holds it; a clear error if it never frees.
 
     >>> with server_lock(RunDir("do_not_commit"), "server", print, 300):
@@ -284,17 +286,18 @@ def server_lock(run_dir: RunDir, name: str, write: Callable[[str], None], timeou
     """
     from filelock import Timeout
 
+    what = what or f"starting or stopping '{name}'"
     try:  # the run folder may be unusable: a file where a folder should be, a name too long, a full disk
         held = lock(run_dir, name, timeout=timeout)
         try:
-            held.acquire(timeout=0)
+            held.acquire(timeout=quiet_for)  # a wait shorter than `quiet_for` is not worth a line
         except Timeout:  # another gpuops is starting or stopping this server
-            write(f"another gpuops process is starting or stopping '{name}'; waiting for it...")
+            write(f"another gpuops process is {what}; waiting for it...")
             try:
                 held.acquire()
             except Timeout:
-                raise GpuopsError(f"gave up after {timeout:.0f} s waiting for another gpuops to start or stop "
-                                  f"'{name}'", hint=f"see `inv status`; the lock is {held.lock_file}") from None
+                raise GpuopsError(f"gave up after {timeout:.0f} s waiting for another gpuops {what}",
+                                  hint=f"see `inv status`; the lock is {held.lock_file}") from None
     except OSError as err:
         raise run_folder_error(run_dir.state / f"{name}.lock", err) from None
     try:

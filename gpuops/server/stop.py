@@ -157,6 +157,12 @@ def choose_targets(run_dir: RunDir, *, name: str | None = None, all: bool = Fals
     return [chosen.name]
 
 
+def running_names(run_dir: RunDir) -> list[str]:
+    """The names of the servers on record whose process still runs."""
+    return [r.name for r in state.all_records(run_dir, on_corrupt=lambda err: None)
+            if procs.matches(r.pid, r.create_time)]
+
+
 def known_server(run_dir: RunDir, name: str, recipe_names: list[str]) -> str:
     """`name` when gpuops has a record or a recipe of it; else a UsageError naming the known ones."""
     recorded = [r.name for r in state.all_records(run_dir)]

@@ -92,7 +92,8 @@ def test_status_json_is_a_document_with_every_field_of_each_server(project, port
     doc = document(project.gpuops("status", "--json"), "status")
     [s] = doc["servers"]
     assert doc["ok"] is True
-    assert set(s) == {"name", "state", "pid", "port", "url", "uptime", "log_path", "engine", "command"}
+    assert set(s) == {"name", "state", "pid", "port", "url", "uptime", "log_path", "engine", "command", "gpus",
+                      "processes", "rss_bytes", "gpu_memory_mib", "outside_url", "binding_note"}
     assert (s["name"], s["state"], s["port"]) == ("server", "ready", port)
 
 

@@ -20,22 +20,11 @@ import pytest
 
 from gpuops.server import procs
 from gpuops.server.launch import OUTPUT_MARK
-from support.fixtures import wait_for
+from support.fixtures import live_tagged, wait_for
 
 START = ("start-server", "--no-follow", "--no-smoke")
 
 
-def live_tagged(root: Path) -> list[psutil.Process]:
-    """Processes started from this project (gpuops' tag in their environment, cwd inside it), zombies aside."""
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if "GPUOPS_SERVER" in p.environ() and str(p.cwd()).startswith(str(root)) \
-                    and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
 
 
 def start_paused(project, point: str, *args: str) -> tuple[subprocess.Popen, Path]:

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import requests
 
-from support.fixtures import REPO, Project, Result
+from support.fixtures import REPO, Project, Result, port_free  # noqa: F401 - the engine modules import it from here
 
 ENGINES_DIR = Path(os.environ.get("GPUOPS_ENGINES_DIR") or REPO / ".engines")
 INSTALL = ".ci/install-engines"
@@ -85,11 +85,6 @@ def names(procs: list[psutil.Process]) -> list[str]:
         except psutil.Error:
             continue
     return out
-
-
-def port_free(port: int) -> bool:
-    return not [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
-                and c.status == psutil.CONN_LISTEN]
 
 
 def kill_leftovers(project: Project) -> None:

@@ -201,6 +201,25 @@ def scripted():
         yield start
 
 
+def live_tagged(root: Path) -> list[psutil.Process]:
+    """Processes started from this project (gpuops' tag in their environment, cwd inside it), zombies aside."""
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if "GPUOPS_SERVER" in p.environ() and str(p.cwd()).startswith(str(root)) \
+                    and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on `port` (TCP, any address)."""
+    return not [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                and c.status == psutil.CONN_LISTEN]
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
