@@ -325,31 +325,26 @@ def _stop_the_rest(plan: Plan, out: dict[str, ServerOutcome], running: dict[str,
 
 
 def stop_order(names: Iterable[str], recipes: Recipes | None) -> list[str]:
-    """Stop order: a server before the ones it needs (the reverse of a start), unknown ones first.
+    """Stop order: a server before the ones it needs (the reverse of a start); otherwise as given.
 
     >>> from gpuops.server.recipes import parse_recipes
     >>> r = parse_recipes("## Server: model\\n```bash\\nm\\n```\\n## Server: app\\nneeds: model\\n```bash\\na\\n```\\n")
     >>> stop_order(["model", "app", "old"], r)
-    ['old', 'app', 'model']
+    ['app', 'model', 'old']
     """
-    names = list(names)
+    left = list(dict.fromkeys(names))
     if recipes is None:
-        return names
-    known = [n for n in names if n in recipes.servers]
-    order: list[str] = []
-    seen: set[str] = set()
+        return left
 
-    def visit(name: str) -> None:
-        if name in seen or name not in recipes.servers:
-            return
-        seen.add(name)
-        for dep in recipes.servers[name].needs:
-            visit(dep)
+    def needed(name: str) -> bool:  # by a server not stopped yet
+        return any(name in recipes.servers[other].needs for other in left if other in recipes.servers)
+
+    order = []
+    while left:
+        name = next((n for n in left if not needed(n)), left[0])  # left[0]: a cycle, which a start refuses
         order.append(name)
-
-    for name in known:
-        visit(name)
-    return [n for n in names if n not in recipes.servers] + [n for n in reversed(order) if n in known]
+        left.remove(name)
+    return order
 
 
 def still_needed(stopping: Iterable[str], running: Iterable[str], recipes: Recipes | None) -> list[str]:

@@ -47,7 +47,8 @@ def _phase(rec: StateRecord) -> str:
 def check_reservations(run_dir: RunDir, name: str, *, port: int | None, gpus: Iterable[int],
                        share_gpus: bool = False) -> None:
     """PortInUse (exit 4) when another live server of this run folder has `port`; GpusBusy (exit 5) when
-    one has any of `gpus` and sharing is not allowed. Call it under registry_lock."""
+    one still starting (loading, invisible to NVML) has any of `gpus` and sharing is not allowed. Once
+    ready, a server's GPU memory shows in NVML and the GPU preflight decides. Call it under registry_lock."""
     wanted = set(gpus)
     for rec in live_records(run_dir, besides=name):
         if port is not None and rec.port == port:
@@ -56,8 +57,8 @@ def check_reservations(run_dir: RunDir, name: str, *, port: int | None, gpus: It
                             details=[f"'{rec.name}': {rec.url}, log {rec.log_path}"],
                             hint=f"give '{name}' another --port in AGENTS.local.md, or stop '{rec.name}' "
                                  f"(`{command_for('stop-server', rec.name)}`)")
-        both = sorted(wanted & set(rec.gpus))
-        if both and not (share_gpus and rec.share_gpus):
+        both = sorted(wanted & set(rec.gpus))  # a ready server's GPU memory is NVML's to show (the preflight)
+        if both and not rec.ready_at and not (share_gpus and rec.share_gpus):
             which = ", ".join(map(str, both))
             raise GpusBusy(f"GPU {which} is reserved by server '{rec.name}' (pid {rec.pid}, {_phase(rec)}), "
                            f"so '{name}' cannot use it",

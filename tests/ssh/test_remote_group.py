@@ -11,17 +11,19 @@ pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture
-def two_servers(remote):
-    """Two demo recipes on the host, `app` needing `model`; everything is stopped afterwards."""
+def two_servers(remote, tmp_path):
+    """Two demo recipes in a project folder of their own on the host, `app` needing `model`; everything
+    is stopped afterwards (the shared project folder's records stay the other tests')."""
     ports = {"model": free_port(), "app": free_port()}
     python = f"{remote.venv}/bin/python"
-    (remote.project / "AGENTS.local.md").write_text(
+    remote.write_config(remote_dir=str(tmp_path))
+    (tmp_path / "AGENTS.local.md").write_text(
         f"## Server: model\n\n```bash\nGPUOPS_DEMO_LOAD_SECONDS=0.5 {python} -m gpuops.demo --port {ports['model']}\n```\n\n"
         f"## Server: app\nneeds: model\n\n```bash\nGPUOPS_DEMO_LOAD_SECONDS=0.3 {python} -m gpuops.demo "
         f"--port {ports['app']}\n```\n")
     yield ports
     remote.gpuops("-H", "gpu1", "stop-server", "--all")
-    remote.demo_agents(free_port())
+    remote.write_config()
 
 
 def test_all_servers_start_on_the_host_and_come_back_as_one_document(remote, two_servers):

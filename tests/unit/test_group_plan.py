@@ -99,10 +99,11 @@ def test_two_recipes_naming_one_gpu_are_refused_unless_both_share():
         group.plan_start(recipes_of(*one_shares), ["one", "two"], environ={})
 
 
-def test_stop_order_puts_a_server_before_what_it_needs_and_unknown_ones_first():
+def test_stop_order_puts_a_server_before_what_it_needs_and_keeps_the_given_order_otherwise():
     r = recipes_of(server("model", "m --port 1"), server("app", "a --port 2", "needs: model"),
-                   server("ui", "u --port 3", "needs: app"))
-    assert group.stop_order(["model", "ui", "app", "old"], r) == ["old", "ui", "app", "model"]
+                   server("ui", "u --port 3", "needs: app"), server("other", "o --port 4"))
+    assert group.stop_order(["model", "ui", "app", "old"], r) == ["ui", "app", "model", "old"]
+    assert group.stop_order(["other", "model", "old"], r) == ["other", "model", "old"]
     assert group.stop_order(["model", "app"], None) == ["model", "app"]
 
 
@@ -135,6 +136,14 @@ def test_a_starting_server_reserves_its_port_and_gpus_from_its_record(tmp_path):
         registry.check_reservations(rd, "app", port=8002, gpus=[1, 2])
     registry.check_reservations(rd, "app", port=8002, gpus=[2])
     registry.check_reservations(rd, "model", port=8001, gpus=[0])  # its own record is no clash
+
+
+def test_a_ready_server_leaves_its_gpus_to_the_nvml_preflight_but_keeps_its_port(tmp_path):
+    rd = RunDir(tmp_path)
+    live_record(rd, "model", port=8001, gpus=[0], ready=True)
+    registry.check_reservations(rd, "app", port=8002, gpus=[0])
+    with pytest.raises(PortInUse, match="'model' .*ready"):
+        registry.check_reservations(rd, "app", port=8001, gpus=[])
 
 
 def test_gpus_are_shared_only_when_both_servers_share(tmp_path):
