@@ -45,6 +45,17 @@ class Output:
         """The stream for human text: stdout normally, stderr under --json."""
         return (self._stderr or sys.stderr) if self.json else (self._stdout or sys.stdout)
 
+    def console(self):
+        """A rich Console on the human stream: the terminal's width, or 160 columns when piped (a
+        table of URLs and log names stays one line per server in a file or a pager)."""
+        import os
+
+        from rich.console import Console
+
+        stream = self.human
+        piped = not (hasattr(stream, "isatty") and stream.isatty())
+        return Console(file=stream, width=160 if piped and "COLUMNS" not in os.environ else None)
+
     def say(self, line: str) -> None:
         stream = self.human
         try:

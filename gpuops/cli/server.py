@@ -192,8 +192,6 @@ def _running_default(rd, recipes):
 def _start_several(c, task_name, out, rd, recipes, plan, *, restart, all_, following, fail_fast, options,
                    stop_timeout):
     """Several servers: --restart/--all stop first (dependents first), then start together, one table."""
-    from rich.console import Console
-
     from gpuops.cli.render_group import GroupView, group_table
     from gpuops.errors import GpuopsError
     from gpuops.server import group, state, stop
@@ -224,7 +222,7 @@ def _start_several(c, task_name, out, rd, recipes, plan, *, restart, all_, follo
         except GpuopsError:
             return None
 
-    console = Console(file=out.human, width=None if out.human.isatty() else 160)
+    console = out.console()
     if plan.added:
         out.say(f"also starting what they need: {', '.join(plan.added)}")
     if following:
@@ -331,11 +329,9 @@ def status(c, json=False):  # noqa: A002
     if not result.servers:
         out.say("no servers known (start one with `inv start-server`)")
         return
-    from rich.console import Console
-
     from gpuops.cli.render_server import status_table
 
-    status_table(result, Console())
+    status_table(result, out.console())
 
 
 @task(
