@@ -94,7 +94,7 @@ class GroupView:
                 self.began[name] = time.monotonic()
             elif self.began[name]:
                 self.took[name] = time.monotonic() - self.began[name]
-        if not self.live and state in ("ready", "failed", "skipped"):
+        if not self.live and state in ("ready", "failed", "skipped", "stopped"):
             self.say(f"{name}: {state}")
 
     def _render(self) -> Table:

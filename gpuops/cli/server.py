@@ -92,8 +92,9 @@ def start_server(c, server=None, all=False, agents_file=None, restart=False, fol
 @task(
     auto_shortflags=False,
     help=help_for("restart-server", json=_JSON_START,
-                  server="Which server(s) to restart: a name or a,b (default: the only running one; else the "
-                         "first recipe)."),
+                  server="Which server(s) to restart: a name or a,b (default: the only running one; else, "
+                         "among several, the first recipe's if it runs, else an error listing them; nothing "
+                         "running: the first recipe, started)."),
 )
 @edge
 def restart_server(c, server=None, all=False, agents_file=None, follow=True, smoke=True,  # noqa: A002
@@ -127,15 +128,25 @@ def _start(c, task_name, *, server, all, agents_file, restart, follow, smoke, sm
     want_all = resolved(c, "start_all", all, "--all", False)
     server = resolved(c, "server", server, "--server")
     rd = run_dir(c, agents_file)
+    if want_all and server is not None:
+        from gpuops.errors import UsageError
+
+        raise UsageError(f"--all and --server {server} say different things", hint="give one of them")
     if task_name == "restart-server" and server is None and not want_all:
         server = _running_default(rd, recipes)
     names = group.requested_names(recipes, server, all=want_all)
     share = resolved(c, "share_gpus", share_gpus, "--share-gpus", False)
-    plan = group.plan_start(recipes, names, share_gpus=share)  # needs, cycles, clashes: before anything starts
+    inventory = None
+    if len(names) > 1 or any(recipes.servers[n].needs for n in names):  # several: which GPUs each will use
+        from gpuops.gpu.inventory import inventory as gpu_inventory
+
+        inventory = gpu_inventory()
+    # needs, cycles, clashes: before anything starts
+    plan = group.plan_start(recipes, names, share_gpus=share, inventory=inventory)
     if restart:  # the servers that need a restarted one keep running: say so
         from gpuops.server.stop import running_names
 
-        for note in group.still_needed(plan.requested, running_names(rd), recipes):
+        for note in group.still_needed(plan.requested, running_names(rd), recipes, restart=True):
             out.say(note)
     stop_t = resolved(c, "stop_timeout", stop_timeout, "--stop-timeout")
     gpu = GpuPolicy(kill=resolved(c, "kill_gpu_procs", kill_gpu_procs, "--kill-gpu-procs", False),
@@ -248,8 +259,8 @@ def _start_several(c, task_name, out, rd, recipes, plan, *, restart, all_, follo
     auto_shortflags=False,
     help=help_for(
         "stop-server",
-        server="Which server to stop (default: the only running one; else the first recipe's if it runs; "
-               "else an error listing the running ones).",
+        server="Which server(s) to stop: a name or a,b (default: the only running one; else the first recipe's "
+               "if it runs; else an error listing the running ones).",
     ),
 )
 @edge
@@ -285,6 +296,8 @@ def stop_server(c, server=None, port=None, timeout=None, all=False, agents_file=
         targets = group.stop_order(targets, recipes)  # a server before what it needs
         for note in group.still_needed(targets, stop.running_names(rd), recipes):
             out.say(note)
+        if not targets:
+            out.say(f"no server on record in {rd.state}: nothing to stop")
 
         def shown(s):
             for line in stop_lines(s):

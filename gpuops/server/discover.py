@@ -232,7 +232,7 @@ def heading_name(name: str) -> str | None:
     """What `## Server: NAME` parses back to (recipes.parse_recipes decides), or None when it names nothing.
 
     >>> heading_name("qwen3-8b"), heading_name("run-the-qwen3-8b"), heading_name("Qwen2.5")
-    ('qwen3-8b', 'run-the-qwen3-8b', 'qwen2-5')
+    ('qwen3-8b', 'qwen3-8b', 'qwen2-5')
     """
     # a named probe first: a heading that names nothing then leaves its block untitled (and ignored)
     text = f"## Server: {_PROBE}\n\n```bash\ntrue\n```\n\n## Server: {name}\n\n```bash\ntrue\n```\n"

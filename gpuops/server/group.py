@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuops.errors import GpuopsError, Interrupted, RecipeError
+from gpuops.errors import GpuopsError, Interrupted, RecipeError, UsageError
 from gpuops.server.recipes import Recipes, ServerRecipe
 from gpuops.server.start import StartResult
 
@@ -59,16 +59,20 @@ def requested_names(recipes: Recipes, servers: str | Iterable[str] | None, *, al
     if isinstance(servers, str):
         servers = servers.split(",")
     names = list(dict.fromkeys(n.strip() for n in servers if n.strip()))
+    if not names:
+        raise UsageError("--server names no server", hint=f"known: {', '.join(recipes.servers) or 'none'}; "
+                                                          "e.g. --server model,app")
     for name in names:
         recipes.server(name)  # RecipeError for an unknown one
     return names
 
 
 def plan_start(recipes: Recipes, names: list[str], *, share_gpus: bool = False,
-               environ: Mapping[str, str] | None = None) -> Plan:
+               environ: Mapping[str, str] | None = None, inventory: Any = None) -> Plan:
     """Order `names` and what they need (transitively) so that needs come first (pure but for `environ`).
     RecipeError (exit 2) for a need that names no recipe, a cycle, or two of them asking for the same
-    port or GPUs (unless both may share GPUs: `share-gpus: yes`, or `share_gpus`)."""
+    port or GPUs (unless both may share GPUs: `share-gpus: yes`, or `share_gpus`). `inventory` (the
+    GPUs NVML sees) lets a command without CUDA_VISIBLE_DEVICES count as needing what it will use."""
     needs: dict[str, tuple[str, ...]] = {}
     order: list[str] = []
     visiting: list[str] = []
@@ -96,19 +100,34 @@ def plan_start(recipes: Recipes, names: list[str], *, share_gpus: bool = False,
     for name in names:
         visit(name)
     plan = Plan(order, needs, list(names), [n for n in order if n not in names])
-    check_clashes([recipes.servers[n] for n in order], share_gpus=share_gpus, environ=environ)
+    check_clashes([recipes.servers[n] for n in order], share_gpus=share_gpus, environ=environ, inventory=inventory)
     return plan
 
 
 def recipe_port(recipe: ServerRecipe) -> int | None:
-    """The port its command names (`--port 8001`, `-p 8001`), or None."""
-    value = recipe.option("--port", "-p")
-    return int(value) if value is not None and value.isdigit() else None
+    """The port it will listen on: its command's `--port`, else its engine's default; None for a wrapper
+    (`bash -c`, a script) that does not name one (its port is learned as it starts)."""
+    from gpuops.server import engines
+    from gpuops.server.launch import endpoint_of
+    from gpuops.server.start import port_given, wrapped
+
+    engine = engines.detect(recipe.argv)
+    if wrapped(recipe) and not port_given(recipe, engine):
+        return None
+    try:
+        return endpoint_of(recipe, engine).port
+    except RecipeError:  # not a number (a template's {port}): its own start says so
+        return None
 
 
-def recipe_gpus(recipe: ServerRecipe, environ: Mapping[str, str] | None = None) -> set[int] | None:
-    """The GPU indices its CUDA_VISIBLE_DEVICES names, or None when it names none (or not by index)."""
+def recipe_gpus(recipe: ServerRecipe, environ: Mapping[str, str] | None = None, inventory: Any = None) -> set[int] | None:
+    """The GPU indices it will use: with the GPUs NVML sees, what gpu.select says (CUDA_VISIBLE_DEVICES,
+    parallel sizes, else every GPU); without, only what its CUDA_VISIBLE_DEVICES names by index (or None)."""
     env = {**(os.environ if environ is None else environ), **recipe.env}
+    if inventory is not None and not inventory.unavailable:
+        from gpuops.gpu.select import needed_gpus
+
+        return set(needed_gpus(env, recipe.argv, inventory))
     value = env.get("CUDA_VISIBLE_DEVICES")
     if value is None or not value.strip():
         return None
@@ -117,7 +136,7 @@ def recipe_gpus(recipe: ServerRecipe, environ: Mapping[str, str] | None = None) 
 
 
 def check_clashes(recipes: list[ServerRecipe], *, share_gpus: bool = False,
-                  environ: Mapping[str, str] | None = None) -> None:
+                  environ: Mapping[str, str] | None = None, inventory: Any = None) -> None:
     """Two of these recipes naming one port, or one GPU (by CUDA_VISIBLE_DEVICES) without both sharing:
     a RecipeError naming both, before anything starts."""
     for i, a in enumerate(recipes):
@@ -126,11 +145,11 @@ def check_clashes(recipes: list[ServerRecipe], *, share_gpus: bool = False,
             if port is not None and port == recipe_port(b):
                 raise RecipeError(f"'{a.name}' and '{b.name}' both use port {port}", path=a.path, line=b.line,
                                   hint="give one of them another --port in AGENTS.local.md; nothing was started")
-            ga, gb = recipe_gpus(a, environ), recipe_gpus(b, environ)
+            ga, gb = recipe_gpus(a, environ, inventory), recipe_gpus(b, environ, inventory)
             both = sorted((ga or set()) & (gb or set()))
             if both and not (share_gpus or (a.share_gpus and b.share_gpus)):
                 raise RecipeError(
-                    f"'{a.name}' and '{b.name}' both use GPU {', '.join(map(str, both))} (CUDA_VISIBLE_DEVICES)",
+                    f"'{a.name}' and '{b.name}' both use GPU {', '.join(map(str, both))}",
                     path=a.path, line=b.line,
                     hint="give them different GPUs, or let them share: `share-gpus: yes` under both headings "
                          "(or --share-gpus / gpuops.share_gpus); nothing was started")
@@ -257,7 +276,8 @@ def start_group(plan: Plan, recipes: Recipes, start_one: StartOne, *, write: Wri
             outcome.error = GpuopsError(f"'{name}': unexpected {type(err).__name__}: {err}")
             outcome.error.exit_code = 70
         with changed:  # said before the main loop can skip its dependents
-            on_event(name, "ready" if outcome.ok else "failed")
+            stopped_by_us = bool(halted) and outcome.error is not None and "was stopped" in outcome.error.message
+            on_event(name, "ready" if outcome.ok else "stopped" if stopped_by_us else "failed")
             out[name] = outcome
             running.pop(name, None)
             changed.notify_all()
@@ -290,11 +310,13 @@ def start_group(plan: Plan, recipes: Recipes, start_one: StartOne, *, write: Wri
                     break
                 changed.wait(0.2)  # short: Ctrl-C is seen at once
         if halted and stop_one is not None:
-            _stop_the_rest(plan, out, running, changed, stop_one, halted[0], pending)
+            _stop_the_rest(plan, out, running, changed, stop_one, halted[0], pending, on_event)
     except KeyboardInterrupt:
         starting = sorted(set(running) | {n for n, o in out.items() if o.result is None and not o.skipped
                                           and o.error is None})
-        raise Interrupted(f"stopped watching; still starting: {', '.join(starting) or 'none'} (they keep running)",
+        waiting = f"; not started: {', '.join(pending)}" if pending else ""
+        raise Interrupted(f"stopped watching; still starting: {', '.join(starting) or 'none'} (they keep running)"
+                          f"{waiting}",
                           hint="`inv start-server --all` (or --server NAME) watches them again, "
                                "`inv status` shows them, `inv stop-server --all` stops them") from None
     return GroupResult([out[n] for n in plan.order if n in out], time.monotonic() - began)
@@ -302,12 +324,13 @@ def start_group(plan: Plan, recipes: Recipes, start_one: StartOne, *, write: Wri
 
 def _stop_the_rest(plan: Plan, out: dict[str, ServerOutcome], running: dict[str, threading.Thread],
                    changed: threading.Condition, stop_one: Callable[[str], None], first: str,
-                   pending: list[str]) -> None:
+                   pending: list[str], on_event: Event) -> None:
     """--fail-fast: stop what this run started (still starting or ready), dependents first; skip the rest."""
     why = f"stopped: --fail-fast after '{first}' failed"
     for name in pending:
         out[name] = ServerOutcome(name, skipped=f"not started: --fail-fast after '{first}' failed",
                                   requested=name in plan.requested)
+        on_event(name, "skipped")
     pending.clear()
     for name in reversed(plan.order):
         with changed:
@@ -321,6 +344,8 @@ def _stop_the_rest(plan: Plan, out: dict[str, ServerOutcome], running: dict[str,
         o = out.get(name)
         if o is not None and name != first and not o.skipped and (o.result is None or not o.result.already_running):
             if o.ok or (o.error is not None and "was stopped" in o.error.message):
+                if o.ok:  # it was said to be ready
+                    on_event(name, "stopped")
                 o.stopped = why
 
 
@@ -347,8 +372,9 @@ def stop_order(names: Iterable[str], recipes: Recipes | None) -> list[str]:
     return order
 
 
-def still_needed(stopping: Iterable[str], running: Iterable[str], recipes: Recipes | None) -> list[str]:
-    """Notes for servers that keep running but need one being stopped ("'app' needs 'model' ...")."""
+def still_needed(stopping: Iterable[str], running: Iterable[str], recipes: Recipes | None, *,
+                 restart: bool = False) -> list[str]:
+    """Notes for servers that keep running but need one being stopped (or restarted)."""
     if recipes is None:
         return []
     stopping, notes = set(stopping), []
@@ -357,7 +383,10 @@ def still_needed(stopping: Iterable[str], running: Iterable[str], recipes: Recip
         if recipe is None or name in stopping:
             continue
         for dep in recipe.needs:
-            if dep in stopping:
+            if dep in stopping and restart:
+                notes.append(f"note: '{name}' needs '{dep}' and keeps running: requests to '{dep}' fail while "
+                             "it restarts")
+            elif dep in stopping:
                 notes.append(f"note: '{name}' needs '{dep}' and keeps running: it cannot reach '{dep}' until "
                              f"that runs again (`inv start-server --server {dep}`)")
     return notes

@@ -576,15 +576,17 @@ def _blocks(text: str, path) -> Iterator[_Block]:
         yield _Block(lang, start + 1, body, heading[0] if heading else None, heading[1] if heading else None)
 
 
-_MARKER = re.compile(r"^\s*(?:[-*]\s+)?(needs|disabled|share[-_ ]gpus)\s*:\s*(.*?)\s*$", re.I)
+_MARKER = re.compile(r"^ {0,3}(?:[-*] +)?(needs|disabled|share-gpus|share_gpus): *(.*?)\s*$")  # lower case only
 _YES, _NO = {"yes", "true", "on", "1"}, {"no", "false", "off", "0"}
 
 
 def _markers(text: str, path) -> dict[int, dict[str, object]]:
-    """The marker lines of each heading's section, outside code blocks (pure): {heading line: markers}.
+    """The marker lines of each server heading's section, outside code blocks (pure): {heading line: markers}.
+    Only under a heading that names a server, and only in lower case: prose such as "Disabled: the old
+    recipe was removed" or a "## Notes" section is never read as one.
 
-    >>> _markers("## Server: app\\nneeds: model, db\\ndisabled: yes\\n", "A.md")
-    {1: {'needs': ('model', 'db'), 'disabled': True}}
+    >>> _markers("## Server: app\\nneeds: model, Vision Model\\ndisabled: yes\\n", "A.md")
+    {1: {'needs': ('model', 'vision-model'), 'disabled': True}}
     """
     found: dict[int, dict[str, object]] = {}
     heading_line: int | None = None
@@ -598,22 +600,23 @@ def _markers(text: str, path) -> dict[int, dict[str, object]]:
         if opened:
             fence = opened[1]
             continue
-        if _HEADING.match(line):
-            heading_line = no
+        head = _HEADING.match(line)
+        if head:
+            heading_line = no if _slug(head[2]) is not None else None
             continue
         m = _MARKER.match(line)
         if m is None or heading_line is None:
             continue
-        key, value = m[1].lower().replace(" ", "-").replace("_", "-"), m[2]
+        key, value = m[1].replace("_", "-"), m[2].strip("`").strip()
         marks = found.setdefault(heading_line, {})
-        if key == "needs":
-            names = tuple(n for n in re.split(r"[\s,]+", value.strip("`")) if n)
+        if key == "needs":  # names as a heading gives them: `needs: Vision Model` is vision-model
+            names = tuple(_slug(f"Server: {n}") for n in value.split(",") if n.strip())
             if not names:
                 raise RecipeError("`needs:` names no server", path=path, line=no,
                                   hint="write the names of the servers it needs, e.g. `needs: model`")
             marks["needs"] = tuple(dict.fromkeys([*marks.get("needs", ()), *names]))
         else:
-            word = value.strip("`").lower() or "yes"
+            word = value.lower() or "yes"
             if word not in _YES | _NO:
                 raise RecipeError(f"`{m[1]}: {value}`: say yes or no", path=path, line=no,
                                   hint=f"write `{key}: yes` (or remove the line)")
@@ -629,19 +632,15 @@ def _slug(heading: str) -> str | None:
     """The recipe name a heading gives, or None when the heading is not about a server.
 
     "Server" -> server, "Server: vision" -> vision, "Server (vLLM 8B)" -> vllm-8b, "Start the dev server" ->
-    server; a long sentence that merely mentions a server (a page title) names nothing. After
-    "Server:" the name is taken whole: "Server: Qwen2.5-0.5B-Instruct" -> qwen2-5-0-5b-instruct.
+    server; a long sentence that merely mentions a server (a page title) names nothing, but after
+    "Server:" any length names: "Server: Qwen2.5-0.5B-Instruct" -> qwen2-5-0-5b-instruct.
     """
-    named = re.match(r"^\s*servers?\s*:\s*(.+)$", heading, re.I)
-    if named:
-        words = re.findall(r"[a-z0-9]+", named[1].lower())
-        if words:
-            return "-".join(words)
     if not re.search(r"\bservers?\b", heading, re.I):
         return None
+    named = re.match(r"^\s*servers?\s*:", heading, re.I) is not None  # "Server: NAME" names, however long
     words = re.findall(r"[a-z0-9]+", re.sub(r"\bservers?\b", " ", heading.lower()))
     words = [w for w in words if w not in _FILLER]
-    if len(words) > 4:
+    if len(words) > 4 and not named:
         return None
     return "-".join(words) or "server"
 

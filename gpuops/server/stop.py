@@ -131,15 +131,18 @@ class StopResult:
 def choose_targets(run_dir: RunDir, *, name: str | None = None, all: bool = False,  # noqa: A002
                    recipe_names: list[str] = (), recipe_error: GpuopsError | None = None,
                    write: Write = lambda line: None) -> list[str]:
-    """Which servers a stop-server means: --all: every one on record; --server NAME: that one (known by
-    a recipe or a record, else UsageError); else the which-server rule (state.choose_server: the only
+    """Which servers a stop-server means: --all: every one on record (maybe none); --server NAME (or a,b):
+    those (known by a recipe or a record, else UsageError); else the which-server rule (state.choose_server: the only
     running one; else the first recipe's if it runs; else UsageError listing the running ones). With
     nothing running, the first recipe's name (its stop says "nothing to stop"). `recipe_error`: the
     AGENTS.local.md could not be read; a running server is still stopped, otherwise that error."""
     if all:
-        return [r.name for r in state.all_records(run_dir)] or ["server"]
+        return [r.name for r in state.all_records(run_dir)]  # none: nothing to stop
     if name:
-        return [known_server(run_dir, name, list(recipe_names))]
+        names = [n.strip() for n in name.split(",") if n.strip()]  # --server a,b
+        if not names:
+            raise UsageError("--server names no server", hint="e.g. --server model or --server model,app")
+        return [known_server(run_dir, n, list(recipe_names)) for n in dict.fromkeys(names)]
     first = recipe_names[0] if recipe_names else None
     try:
         chosen = state.choose_server(run_dir, None, default_name=first)

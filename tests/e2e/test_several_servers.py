@@ -411,3 +411,46 @@ def test_a_disabled_recipe_is_left_out_of_all_but_starts_by_name(project):
 
     assert r.code == 0, r.text
     assert alive(project.record("beta")["pid"], pb)
+
+
+# --- Ctrl-C while several start ---
+
+
+def test_ctrl_c_while_several_start_names_them_and_a_new_start_watches_the_same_ones(project):
+    import signal
+
+    p1, p2 = ports(2)
+    write_servers(project, recipe("alpha", p1, load=2), recipe("beta", p2, load=2))
+    starting = project.spawn(*START, "--all")
+    seen = []
+    for line in starting.stdout:
+        seen.append(line)
+        if sum("started '" in s for s in seen) == 2:
+            break
+    starting.send_signal(signal.SIGINT)
+    out, _ = starting.communicate(timeout=20)
+    assert starting.returncode == 130, "".join(seen) + out
+    assert "still starting: alpha, beta (they keep running)" in out
+    first = pids(project, "alpha", "beta")
+    r, doc = run_json(project, *START, "--all")
+    assert r.code == 0, r.text
+    assert {s["server"]: s["pid"] for s in doc["servers"]} == first  # watched to ready, not started twice
+
+
+# --- names given oddly ---
+
+
+def test_odd_server_lists_are_clear_errors_and_stop_takes_a_list_too(project):
+    p1, p2 = ports(2)
+    write_servers(project, recipe("alpha", p1), recipe("beta", p2))
+    none = project.gpuops("stop-server", "--all")
+    assert none.code == 0 and "nothing to stop" in none.out, none.text
+    for args in (("--server", ","), ("--all", "--server", "alpha")):
+        r = project.gpuops(*START, *args)
+        assert r.code == 2 and "Traceback" not in r.text and "internal error" not in r.text, r.text
+        assert not logs_of(project, "alpha")  # nothing started
+    assert project.gpuops(*START, "--all").code == 0
+    r = project.gpuops("stop-server", "--server", "beta,alpha")
+    assert r.code == 0, r.text
+    assert "stopped 'beta'" in r.out and "stopped 'alpha'" in r.out
+    assert not live_tagged(project.root)

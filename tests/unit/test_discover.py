@@ -197,8 +197,8 @@ def test_an_unreadable_folder_is_a_usage_error_and_an_unreadable_subfolder_a_not
     ("Meta-Llama-3.1-8B-Instruct-Q4_K_M", "meta-llama31-8b-instruct-q4km"),
     ("mistral-7b-instruct-v0.2.Q4_K_M", "mistral-7b-instruct-v02-q4km"),
     ("Qwen2.5-0.5B-Instruct", "qwen25-05b-instruct"),
-    ("Run-Qwen3-8B", "run-qwen3-8b"),  # after `Server:` the name is whole, filler words included
-    ("a", "a"),
+    ("Run-Qwen3-8B", "qwen3-8b"),  # the parser drops filler words: the name is what it parses to
+    ("a", "model"),  # a heading of filler words alone names the default `server`: not a name for a model
 ])
 def test_a_model_name_is_what_its_heading_parses_back_to(label, name):
     assert model_name(label) == name

@@ -65,6 +65,15 @@ def test_all_leaves_out_disabled_recipes_but_a_name_still_starts_them():
     assert group.requested_names(r, None) == ["model"]  # neither: the first recipe
 
 
+def test_a_server_list_with_no_names_is_a_usage_error_naming_the_known_ones():
+    from gpuops.errors import UsageError
+
+    r = recipes_of(server("model", "m --port 1"))
+    with pytest.raises(UsageError, match="names no server") as err:
+        group.requested_names(r, " , ")
+    assert "model" in err.value.hint
+
+
 def test_an_unknown_name_or_need_is_refused_naming_the_known_ones():
     r = recipes_of(server("app", "a --port 1", "needs: modle"), server("model", "m --port 2"))
     with pytest.raises(RecipeError, match="no server recipe named 'nope'"):
@@ -85,6 +94,24 @@ def test_two_recipes_naming_one_port_are_refused_with_both_names():
     with pytest.raises(RecipeError, match="'one' and 'two' both use port 8001"):
         group.plan_start(r, ["one", "two"])
     group.plan_start(r, ["one"])  # alone, no clash
+
+
+def test_two_commands_on_their_engines_default_port_clash_but_a_wrapper_that_names_none_does_not():
+    r = recipes_of(server("one", "vllm serve m1"), server("two", "vllm serve m2"),
+                   server("three", "bash ./serve.sh"), server("four", "bash ./serve.sh"))
+    with pytest.raises(RecipeError, match="'one' and 'two' both use port 8000"):
+        group.plan_start(r, ["one", "two"])
+    group.plan_start(r, ["three", "four"])  # where a wrapper listens is learned as it starts
+
+
+def test_with_the_gpus_nvml_sees_a_command_without_cuda_visible_devices_needs_all_of_them():
+    from gpuops.gpu.inventory import Gpu, Inventory
+
+    inv = Inventory([Gpu(i, "NVIDIA H100", None, 0.0, 81559.0, 0, False) for i in range(2)], None, "550.54")
+    r = recipes_of(server("one", "vllm serve m1 --port 1"), server("two", "CUDA_VISIBLE_DEVICES=1 vllm serve m2 --port 2"))
+    group.plan_start(r, ["one", "two"], environ={})  # without NVML only the named GPUs are known
+    with pytest.raises(RecipeError, match="'one' and 'two' both use GPU 1"):
+        group.plan_start(r, ["one", "two"], environ={}, inventory=inv)
 
 
 def test_two_recipes_naming_one_gpu_are_refused_unless_both_share():
@@ -233,16 +260,32 @@ def test_a_failure_skips_its_dependents_but_not_the_others_and_the_exit_code_is_
 def test_fail_fast_starts_no_more_and_stops_what_this_run_started():
     r = recipes_of(server("one", "o --port 1"), server("two", "t --port 2", "needs: three"),
                    server("three", "x --port 3"))
-    stopped = []
+    stopped, events = [], []
     result = group.start_group(group.plan_start(r, ["one", "three", "two"]), r,
-                               Starts(fail={"one"}), write=print, fail_fast=True, stop_one=stopped.append)
+                               Starts(fail={"one"}), write=print, fail_fast=True, stop_one=stopped.append,
+                               on_event=lambda name, st: events.append((name, st)))
     states = {s.name: s.state for s in result.servers}
     assert states["one"] == "failed" and states["two"] == "skipped"
     assert states["three"] in ("stopped", "skipped")
     assert "one" not in stopped and set(stopped) <= {"three"}
     assert (states["three"] == "stopped") == ("three" in stopped)
+    if "three" in stopped:
+        assert ("three", "stopped") in events  # said as the table says it, not "failed"
+    assert ("two", "skipped") in events and ("one", "failed") in events
 
 
-def test_after_server_colon_the_whole_rest_is_the_name_filler_words_and_long_model_names_included():
-    r = recipes_of(server("a", "serve --port 1"), server("Qwen2.5-0.5B-Instruct Q4_K_M", "serve --port 2"))
-    assert list(r.servers) == ["a", "qwen2-5-0-5b-instruct-q4-k-m"]
+def test_after_server_colon_a_long_model_name_still_names_a_recipe_and_filler_words_still_drop():
+    r = recipes_of(server("run the vLLM", "serve --port 1"), server("Qwen2.5-0.5B-Instruct Q4_K_M", "serve --port 2"))
+    assert list(r.servers) == ["vllm", "qwen2-5-0-5b-instruct-q4-k-m"]
+
+
+def test_prose_that_looks_like_a_marker_is_not_one():
+    r = recipes_of("## Notes\n\ndisabled: the old recipe was removed\n",
+                   server("app", "serve --port 1", "Needs: a GPU with 24 GB", "Disabled: not any more"))
+    assert r.servers["app"].needs == () and not r.servers["app"].disabled
+
+
+def test_needs_names_follow_the_heading_rules():
+    r = recipes_of(server("Vision Model", "v --port 1"), server("app", "a --port 2", "needs: Vision Model"))
+    assert r.servers["app"].needs == ("vision-model",)
+    assert group.plan_start(r, ["app"]).order == ["vision-model", "app"]
