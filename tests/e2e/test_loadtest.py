@@ -426,7 +426,9 @@ def test_server_killed_mid_run_keeps_partial_results_and_says_so(project, demo):
     assert "partial results kept in" in out and "Traceback" not in out
     s = _summary(_report_dir(project))
     assert s["partial"] is True and s["status"] == "server_lost"
-    assert s["completed"] >= 1 and s["failed"] >= 1
+    # what the kill cut off ends as failed (connection reset) or cancelled (the run saw the pid gone and
+    # stopped first): which one is a race, so only the answers before it are certain
+    assert s["completed"] >= 1
     assert (_report_dir(project) / "records.jsonl").stat().st_size > 0
     assert s["duration"] < 40  # stopped early, not after the full minute
 
